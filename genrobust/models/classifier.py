@@ -1,0 +1,153 @@
+"""One parameterised latent-variable classifier covering all seven structures.
+
+Everything goes through ``log_weights(x, y, K)``: the importance log-weights
+log p(x, y, z_k) - log q(z_k | x, y), z_k ~ q(. | x, y), for a set of candidate labels per image.
+The ELBO is their mean at K = 1 on the true label; the logits log p(x, y_c) are their logsumexp over
+K samples minus log K, evaluated for all classes in one batched pass (the batch is tiled over classes
+and samples; features of x that depend on neither y nor z are computed once per image).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from genrobust.errors import GenrobustError
+from genrobust.models.networks import ConvFeatures, Decoder, GaussianHead, mlp
+from genrobust.models.structures import STRUCTURES, Structure
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class ModelConfig(BaseModel):
+    """Architecture hyper-parameters. Stored in the model card; rebuilding from it gives the same model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    structure: str = Field(description="One of DFX, DFZ, DBX, GFZ, GFY, GBZ, GBY.")
+    latent_dim: int = Field(64, ge=1, le=1024)
+    num_classes: int = Field(10, ge=2)
+    hidden: int = Field(256, ge=1, description="Width of the dense layers.")
+    enc_channels: tuple[int, int, int] = Field((32, 64, 64), description="Channels of the 3 convolutions (q, p(y|x,z), p(z|x)).")
+    dec_channels: tuple[int, int, int] = Field((32, 32, 16), description="Channels entering the 3 transposed convolutions.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @field_validator("structure", mode="before")
+    @classmethod
+    def _known_structure(cls, v: str) -> str:
+        name = str(v).upper()
+        if name not in STRUCTURES:
+            raise ValueError(f"unknown structure {v!r}; choose one of {', '.join(STRUCTURES)}")
+        return name
+
+
+def _gaussian_logpdf(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+class LatentClassifier(nn.Module):
+    """p(x, y, z) of one of the seven structures, with its amortised q(z | x, y).
+
+    >>> model = LatentClassifier(ModelConfig(structure="GFZ"))
+    >>> logits = model.logits(images, samples=10, generator=torch.Generator().manual_seed(0))  # (N, 10)
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.structure: Structure = STRUCTURES[config.structure]
+        s, C, D, H, drop = self.structure, config.num_classes, config.latent_dim, config.hidden, config.dropout
+
+        # q(z | x, y): convolutions on x, y joins after them, then dense layers to a Gaussian.
+        self.q_conv = ConvFeatures(config.enc_channels)
+        self.q_x = nn.Linear(self.q_conv.out_dim, H)
+        self.q_y = nn.Embedding(C, H)
+        self.q_mlp = nn.Sequential(nn.ReLU(), nn.Dropout(drop), *mlp([H, H], drop, final_activation=True))
+        self.q_head = GaussianHead(H, D)
+
+        if s.z_prior == "y":  # p(z | y): an MLP on one-hot(y)
+            self.pz_y = nn.Sequential(mlp([C, H, H], 0.0, final_activation=True), GaussianHead(H, D))
+        elif s.z_prior == "x":  # p(z | x): convolutions then an MLP
+            self.pz_conv = ConvFeatures(config.enc_channels)
+            self.pz_x = nn.Sequential(mlp([self.pz_conv.out_dim, H], drop, final_activation=True), GaussianHead(H, D))
+
+        if s.y_term == "y|x,z":  # convolutions on x, then 3 dense layers on [features(x), z]
+            self.py_conv = ConvFeatures(config.enc_channels)
+            self.py_x = nn.Linear(self.py_conv.out_dim, H)
+            self.py_z = nn.Linear(D, H)
+            self.py_mlp = nn.Sequential(nn.ReLU(), nn.Dropout(drop), *mlp([H, H, C], drop))
+        elif s.y_term == "y|z":  # a 3-layer MLP
+            self.py_mlp = mlp([D, H, H, C], drop)
+        # p_D(y): label frequencies of the training set (set by the trainer; uniform until then).
+        self.register_buffer("log_prior_y", torch.full((C,), -math.log(C)))
+
+        if s.x_term != "data":
+            self.decoder = Decoder(D, H, config.dec_channels, C if s.x_term == "x|y,z" else None, drop)
+
+    # ------------------------------------------------------------------ core
+    def log_weights(self, x: torch.Tensor, y: torch.Tensor, samples: int = 1,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Importance log-weights, shape (N, M, K), for images x (N,1,28,28) and labels y (N, M)."""
+        s = self.structure
+        N, M, K = x.shape[0], y.shape[1], samples
+
+        mu, logvar = self.q_head(self.q_mlp(self.q_x(self.q_conv(x))[:, None] + self.q_y(y)))  # (N, M, D)
+        # Common random numbers: one eps per (image, sample), shared by every candidate label. Each
+        # label's estimate stays unbiased; the noise in their differences, which decides the class, drops.
+        eps = torch.randn((N, 1, K, mu.shape[-1]), generator=generator, device=x.device, dtype=mu.dtype)
+        z = mu[:, :, None] + torch.exp(0.5 * logvar)[:, :, None] * eps  # (N, M, K, D)
+        # log q(z|x,y) from eps directly: exact and avoids the (z - mu)^2 round trip.
+        log_w = 0.5 * (eps**2 + LOG_2PI).sum(-1) + 0.5 * logvar.sum(-1)[:, :, None]  # = -log q
+
+        if s.z_prior == "standard":
+            log_w = log_w - 0.5 * (z**2 + LOG_2PI).sum(-1)
+        elif s.z_prior == "y":
+            pmu, plogvar = self.pz_y(torch.eye(self.config.num_classes, device=x.device, dtype=z.dtype))
+            log_w = log_w + _gaussian_logpdf(z, pmu[y][:, :, None], plogvar[y][:, :, None])
+        else:
+            pmu, plogvar = self.pz_x(self.pz_conv(x))  # (N, D)
+            log_w = log_w + _gaussian_logpdf(z, pmu[:, None, None], plogvar[:, None, None])
+
+        yk = y[:, :, None].expand(N, M, K)
+        if s.y_term == "data":
+            log_w = log_w + self.log_prior_y[yk]
+        else:
+            if s.y_term == "y|x,z":
+                h = self.py_x(self.py_conv(x))[:, None, None] + self.py_z(z)
+            else:
+                h = z
+            log_py = F.log_softmax(self.py_mlp(h).float(), dim=-1)
+            log_w = log_w + log_py.gather(-1, yk[..., None]).squeeze(-1)
+
+        if s.x_term != "data":
+            logits = self.decoder(z, yk if s.x_term == "x|y,z" else None).float()  # (N, M, K, 784)
+            # Bernoulli log-likelihood sum(x*l - softplus(l)) with x shared across labels and samples.
+            log_px = torch.einsum("nmkp,np->nmk", logits, x.reshape(N, -1).float()) - F.softplus(logits).sum(-1)
+            log_w = log_w + log_px
+        return log_w.float()
+
+    def elbo(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Single-sample ELBO of log p(x, y) per image, shape (N,). (For DFX/DBX: of log p(y|x) + const.)"""
+        return self.log_weights(x, y[:, None], 1, generator)[:, 0, 0]
+
+    def logits(self, x: torch.Tensor, samples: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Importance-sampled log p(x, y_c) for every class, shape (N, C); softmax gives p(y|x)."""
+        if samples < 1:
+            raise GenrobustError(f"samples (K) must be at least 1, got {samples}")
+        y = torch.arange(self.config.num_classes, device=x.device).expand(x.shape[0], -1)
+        return torch.logsumexp(self.log_weights(x, y, samples, generator), dim=-1) - math.log(samples)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits with the default K = 10, so the model is a plain images -> logits module."""
+        return self.logits(x)
+
+    def predict(self, x: torch.Tensor, samples: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.logits(x, samples, generator).argmax(-1)
+
+    @property
+    def logits_have_density(self) -> bool:
+        return self.structure.logits_have_density

@@ -1,0 +1,23 @@
+"""All configuration in one place, read from ``GENROBUST_*`` environment variables."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Models trained with `genrobust train` and committed with the package; the store reads them too.
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENROBUST_", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Data root; datasets live in <data_dir>/<DatasetName>/raw.")
+    model_dir: Path = Field(Path("./models"), description="Where trained models and resumable runs are written.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

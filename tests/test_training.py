@@ -1,0 +1,72 @@
+"""Training: cards, best checkpoint, resume after interruption gives the same weights."""
+
+import pytest
+import torch
+
+from genrobust.errors import GenrobustError
+from genrobust.models import ModelConfig
+from genrobust.store import ModelStore
+from genrobust.training import Trainer, TrainConfig
+from tests.conftest import TINY
+
+CFG = dict(limit=200, test_limit=50, batch_size=50, val_samples=1)
+
+
+def _trainer(name, epochs, **kw):
+    return Trainer(ModelConfig(structure="GFZ", **TINY), TrainConfig(epochs=epochs, **CFG), name,
+                   progress=False, **kw)
+
+
+def test_train_writes_a_complete_card(env):
+    card = _trainer("tiny", 2).fit()
+    assert card["status"] == "trained" and card["epochs"] == 2 and card["structure"] == "GFZ"
+    assert card["kind"] == "generative" and card["logits_have_density"] is True
+    assert card["test_accuracy"]["n"] == 50 and card["test_accuracy"]["samples"] == 10
+    assert card["validation_accuracy"]["n"] == 5000
+    assert card["dataset"]["md5"]["t10k-labels-idx1-ubyte.gz"].startswith("bb300cfd")
+    assert card["training"]["train_images"] == 200 and len(card["history"]) == 2
+    assert {"torch", "genrobust", "python"} <= set(card["versions"])
+    best = max(card["history"], key=lambda h: h["val_accuracy"])["epoch"]
+    assert card["best_epoch"] == best
+    assert not (env / "models" / "runs" / "tiny").exists()  # run state removed once finished
+
+
+def test_resume_matches_uninterrupted_run(env, monkeypatch):
+    straight = _trainer("straight", 2)
+    straight.fit()
+
+    # Interrupt the second epoch of another run: the first is saved, the second lost.
+    part = _trainer("resumed", 2)
+    real_epoch = Trainer._epoch
+
+    def crash_on_second(self, train, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, train, epoch)
+
+    monkeypatch.setattr(Trainer, "_epoch", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    monkeypatch.setattr(Trainer, "_epoch", real_epoch)
+
+    again = _trainer("resumed", 2)
+    assert again.resumed_from == 1
+    again.fit()
+    a, _ = ModelStore().load("straight")
+    b, _ = ModelStore().load("resumed")
+    # same best epoch, same weights: a resumed run draws the same batches and noise
+    assert ModelStore().card("straight")["best_epoch"] == ModelStore().card("resumed")["best_epoch"]
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(va, vb, msg=k)
+
+
+def test_resume_refuses_a_different_architecture(env, monkeypatch):
+    t = _trainer("r", 2)
+    monkeypatch.setattr(Trainer, "_epoch", lambda self, train, epoch: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if epoch == 2 else (1.0, 0.5))
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    with pytest.raises(GenrobustError, match="different architecture"):
+        Trainer(ModelConfig(structure="GFZ", **(TINY | {"hidden": 16})), TrainConfig(epochs=2, **CFG), "r",
+                progress=False)
+    assert _trainer("r", 2, restart=True).state["epoch"] == 0
