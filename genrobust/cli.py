@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--limit", type=_positive(int), help="train on the first N training images")
     t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning-rate schedule: constant (the study's), or cosine decay to 0")
     t.add_argument("--dataset", choices=sorted(data.DATASETS), default="fashion-mnist")
     t.add_argument("--val-samples", type=_positive(int), default=1,
                    help="K for the per-epoch validation that picks the best epoch (default 1)")
@@ -104,7 +106,7 @@ def cmd_train(args) -> int:
             "enc_channels": _channels(args.enc_channels), "dec_channels": _channels(args.dec_channels)}
     model_config = ModelConfig(structure=structure, **{k: v for k, v in arch.items() if v is not None})
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               limit=args.limit, dataset=args.dataset, val_samples=args.val_samples,
+                               limit=args.limit, dataset=args.dataset, schedule=args.schedule, val_samples=args.val_samples,
                                test_limit=args.test_limit)
     name = args.name or default_name(structure, args.dataset)
     trainer = Trainer(model_config, train_config, name, progress=not args.no_progress, restart=args.restart)

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
+from genrobust.data import check_images
 from genrobust.errors import GenrobustError
 from genrobust.models import LatentClassifier
 
@@ -18,7 +19,9 @@ def batched_logits(model: LatentClassifier, images: torch.Tensor, samples: int =
                    batch_size: int = EVAL_BATCH, bf16: bool = False, progress: bool = False,
                    desc: str = "logits") -> torch.Tensor:
     """Logits (N, C) for many images, with the model's noise drawn from one generator seeded by ``seed``
-    so the same call gives the same logits."""
+    so the same call gives the same logits. Images are validated first (shape, dtype, finite, in [0, 1]);
+    ``model.logits`` itself skips the checks so that attack loops pay nothing for them."""
+    images = check_images(images)
     if samples < 1:
         raise GenrobustError(f"samples (K) must be at least 1, got {samples}")
     if batch_size < 1:

@@ -13,8 +13,9 @@ import json
 import math
 import platform
 import shutil
+import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +44,8 @@ class TrainConfig(BaseModel):
     dataset: str = "fashion-mnist"
     val_samples: int = Field(1, ge=1, description="K for the per-epoch validation used to pick the best epoch.")
     test_limit: int | None = Field(None, ge=1, description="Evaluate the card's test accuracy on N images.")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning rate: constant, or cosine decay from lr to 0 over all epochs.")
 
 
 def _rng_for(seed: int, epoch: int) -> int:
@@ -93,8 +96,7 @@ class Trainer:
             raise GenrobustError(
                 f"an unfinished run named {self.name!r} has a different architecture; use --restart to "
                 f"discard it or pick another --name")
-        if {k: v for k, v in meta["train_config"].items() if k != "epochs"} != \
-                {k: v for k, v in self.cfg.model_dump(mode="json").items() if k != "epochs"}:
+        if meta["train_config"] != self.cfg.model_dump(mode="json"):
             raise GenrobustError(
                 f"an unfinished run named {self.name!r} used other training settings "
                 f"({meta['train_config']}); use --restart to discard it or pick another --name")
@@ -155,7 +157,8 @@ class Trainer:
             self._save_run_state()
             tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.2f}  train acc {acc:.4f}  "
                        f"val acc (K={cfg.val_samples}) {val_acc:.4f}{'  *best' if best else ''}  "
-                       f"[{self.state['seconds']:.0f}s]")
+                       f"[{self.state['seconds']:.0f}s]", file=sys.stdout)
+            sys.stdout.flush()
         return self._finish()
 
     def _epoch(self, train: data_mod.Data, epoch: int) -> tuple[float, float]:
@@ -169,6 +172,10 @@ class Trainer:
                    leave=False)
         all_classes = torch.arange(self.model_config.num_classes)
         for step in bar:
+            if cfg.schedule == "cosine":  # a function of (epoch, step) only, so resuming needs no scheduler state
+                progress = (epoch - 1 + step / steps) / cfg.epochs
+                for group in self.opt.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x, y = train.images[idx], train.labels[idx]
             loss = -model.elbo(x, y).mean()

@@ -92,3 +92,17 @@ def test_bad_structure_and_samples(images):
     assert model.structure.name == "GFZ"
     with pytest.raises(GenrobustError, match="at least 1"):
         model.logits(images, samples=0)
+
+
+def test_batched_logits_validates_and_matches_direct_call(images):
+    from genrobust.evaluation import batched_logits
+    model = tiny_model("GFZ")
+    with torch.no_grad():
+        direct = model.eval().logits(images, 3, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(batched_logits(model, images, samples=3, seed=2, batch_size=100), direct)
+    bad = images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(GenrobustError, match="NaN"):
+        batched_logits(model, bad)
+    with pytest.raises(GenrobustError, match="shape"):
+        batched_logits(model, images[:, :, :20])
