@@ -6,14 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
 from genrobust import data
+from genrobust.attacks import ATTACKS, make_attack
 from genrobust.errors import GenrobustError
 from genrobust.evaluation import accuracy
 from genrobust.models import STRUCTURES, ModelConfig
+from genrobust.robustness import run_attack
 from genrobust.settings import get_settings
 from genrobust.store import ModelStore
 from genrobust.training import TrainConfig, Trainer, check_structure, default_name
@@ -81,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bf16", action="store_true", help="bf16 autocast (about 2x faster on AVX512-BF16 CPUs)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--no-progress", action="store_true")
+    a = sub.add_parser("attack", help="attack a stored model and measure success, robustness and time",
+                       description="Run an attack on a split and report clean/adversarial accuracy, success rate "
+                                   "(judged with fresh model noise), robustness rho, perturbation norms, time "
+                                   "and queries. Attack parameters: see `genrobust attacks`.")
+    a.add_argument("name", help="stored model name")
+    a.add_argument("--attack", required=True, help="one of: " + ", ".join(ATTACKS))
+    a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="attack parameter, repeatable (e.g. --param eps=0.1 --param p=inf)")
+    a.add_argument("--split", choices=["test", "validation"], default="test")
+    a.add_argument("--limit", type=_positive(int), default=100, help="number of images (default 100)")
+    a.add_argument("--seed", type=_nonneg_int, default=0)
+    a.add_argument("--eval-samples", type=_positive(int), default=10, help="K of the fresh evaluation (default 10)")
+    a.add_argument("--batch-size", type=_positive(int), default=100)
+    a.add_argument("--json", action="store_true", help="print the report (without per-image arrays) as JSON")
+    a.add_argument("--out", help="directory for report.json and the images as .npz")
+    a.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("attacks", help="list the attacks and their parameters")
     return p
 
 
@@ -159,7 +181,57 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "models": cmd_models, "evaluate": cmd_evaluate}
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise GenrobustError(f"--param takes KEY=VALUE, got {pair!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def cmd_attack(args) -> int:
+    attack = make_attack(args.attack, _parse_params(args.param))  # validates before any heavy work
+    model, card = ModelStore().load(args.name)
+    split = data.load(card.get("dataset", {}).get("name", "fashion-mnist"), args.split, args.limit)
+    report, adv = run_attack(model, attack, split.images, split.labels, seed=args.seed,
+                             eval_samples=args.eval_samples, batch_size=args.batch_size, model_name=args.name,
+                             progress=not args.no_progress)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"{args.name}-{args.attack}"
+        (out / f"{stem}.json").write_text(report.model_dump_json(indent=2))
+        np.savez_compressed(out / f"{stem}.npz", images=split.images.numpy(), adversarial=adv.numpy(),
+                            labels=split.labels.numpy(), pred_before=np.array(report.per_image["pred_before"]),
+                            pred_after=np.array(report.per_image["pred_after"]))
+    s = report.summary()
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"{args.name} / {args.attack} {s['params']} on {s['n']} {args.split} images (seed {args.seed})")
+    print(f"  clean accuracy {fmt(s['clean_accuracy'])}  adversarial accuracy {fmt(s['adversarial_accuracy'])}  "
+          f"success rate {fmt(s['success_rate'])}  robustness rho {fmt(s['robustness'])}")
+    print(f"  L2 mean/median {fmt(s['mean_l2'])}/{fmt(s['median_l2'])}  Linf {fmt(s['mean_linf'])}/"
+          f"{fmt(s['median_linf'])}  L0 {fmt(s['mean_l0'])}/{fmt(s['median_l0'])}")
+    q = f"  queries {s['queries']}" if s["queries"] is not None else ""
+    print(f"  {s['seconds']:.1f}s ({s['seconds_per_image']:.3f}s per image){q}")
+    return 0
+
+
+def cmd_attacks(args) -> int:
+    for name, cls in ATTACKS.items():
+        kind = "black-box" if cls.black_box else "white-box"
+        print(f"{name} ({kind}{', targeted' if cls.targeted_ok else ''}): {(cls.__doc__ or '').strip().split(chr(10))[0]}")
+        for field, info in cls.Params.model_fields.items():
+            print(f"    {field} = {info.default!r}  {info.description or ''}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "models": cmd_models, "evaluate": cmd_evaluate, "attack": cmd_attack,
+            "attacks": cmd_attacks}
 
 
 def main(argv: list[str] | None = None) -> int:
