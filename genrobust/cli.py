@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from genrobust import data
 from genrobust.attacks import ATTACKS, make_attack
-from genrobust.errors import GenrobustError
+from genrobust.errors import GenrobustError, validation_message
 from genrobust.evaluation import accuracy
 from genrobust.models import STRUCTURES, ModelConfig
 from genrobust.robustness import run_attack
@@ -23,26 +23,30 @@ from genrobust.store import ModelStore
 from genrobust.training import TrainConfig, Trainer, check_structure, default_name
 
 
-def _positive(kind):
-    def parse(text: str):
+def _at_least(minimum: int):
+    """argparse type: an integer >= minimum, with a one-line error otherwise."""
+    def parse(text: str) -> int:
         try:
-            value = kind(text)
+            value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
         return value
     return parse
 
 
-def _nonneg_int(text: str) -> int:
+_positive, _nonneg_int = _at_least(1), _at_least(0)
+
+
+def _channels(text: str) -> tuple[int, int, int]:
     try:
-        value = int(text)
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be non-negative, got {text}")
-    return value
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"channels must be three positive integers like 32,64,64, got {text!r}")
+    return values  # type: ignore[return-value]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,22 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "store. Interrupted runs resume when the same command is run again.")
     t.add_argument("structure", help=f"one of {', '.join(STRUCTURES)} (case-insensitive)")
     t.add_argument("--name", help="store name (default fmnist-<structure>)")
-    t.add_argument("--epochs", type=_positive(int), default=TrainConfig.model_fields["epochs"].default)
-    t.add_argument("--batch-size", type=_positive(int), default=100)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--limit", type=_positive(int), help="train on the first N training images")
-    t.add_argument("--seed", type=_nonneg_int, default=0)
-    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
-                   help="learning-rate schedule: constant (the study's), or cosine decay to 0")
-    t.add_argument("--dataset", choices=sorted(data.DATASETS), default="fashion-mnist")
-    t.add_argument("--val-samples", type=_positive(int), default=1,
-                   help="K for the per-epoch validation that picks the best epoch (default 1)")
-    t.add_argument("--test-limit", type=_positive(int), help="evaluate the card's test accuracy on N images")
-    t.add_argument("--hidden", type=_positive(int), help="width of the dense layers")
-    t.add_argument("--latent-dim", type=_positive(int), help="dimension of z (default 64)")
-    t.add_argument("--enc-channels", help="three comma-separated conv widths, e.g. 32,64,64")
-    t.add_argument("--dec-channels", help="three comma-separated transposed-conv widths, e.g. 32,32,16")
-    t.add_argument("--dropout", type=float)
+    # Defaults and help come from TrainConfig / ModelConfig: the schema is declared once, there.
+    tf, mf = TrainConfig.model_fields, ModelConfig.model_fields
+
+    def opt(flag, field, fields, **kw):
+        info = fields[field]
+        t.add_argument(flag, dest=field, default=None, help=f"{info.description or ''} (default {info.default})", **kw)
+
+    opt("--epochs", "epochs", tf, type=_positive)
+    opt("--batch-size", "batch_size", tf, type=_positive)
+    opt("--lr", "lr", tf, type=float)
+    opt("--limit", "limit", tf, type=_positive)
+    opt("--seed", "seed", tf, type=_nonneg_int)
+    opt("--schedule", "schedule", tf, choices=["constant", "cosine"])
+    opt("--dataset", "dataset", tf, choices=sorted(data.DATASETS))
+    opt("--val-samples", "val_samples", tf, type=_positive)
+    opt("--test-limit", "test_limit", tf, type=_positive)
+    opt("--hidden", "hidden", mf, type=_positive)
+    opt("--latent-dim", "latent_dim", mf, type=_positive)
+    opt("--enc-channels", "enc_channels", mf, type=_channels)
+    opt("--dec-channels", "dec_channels", mf, type=_channels)
+    opt("--dropout", "dropout", mf, type=float)
     t.add_argument("--restart", action="store_true", help="discard an unfinished run of the same name")
     t.add_argument("--no-progress", action="store_true")
 
@@ -79,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="accuracy of a stored model with K importance samples")
     e.add_argument("name")
     e.add_argument("--split", choices=["test", "validation"], default="test")
-    e.add_argument("--limit", type=_positive(int))
-    e.add_argument("--samples", type=_positive(int), default=10, help="K importance samples (default 10)")
+    e.add_argument("--limit", type=_positive)
+    e.add_argument("--samples", type=_positive, default=10, help="K importance samples (default 10)")
     e.add_argument("--seed", type=_nonneg_int, default=0)
     e.add_argument("--bf16", action="store_true", help="bf16 autocast (about 2x faster on AVX512-BF16 CPUs)")
     e.add_argument("--json", action="store_true")
@@ -94,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="attack parameter, repeatable (e.g. --param eps=0.1 --param p=inf)")
     a.add_argument("--split", choices=["test", "validation"], default="test")
-    a.add_argument("--limit", type=_positive(int), default=100, help="number of images (default 100)")
+    a.add_argument("--limit", type=_positive, default=100, help="number of images (default 100)")
     a.add_argument("--seed", type=_nonneg_int, default=0)
-    a.add_argument("--eval-samples", type=_positive(int), default=10, help="K of the fresh evaluation (default 10)")
-    a.add_argument("--batch-size", type=_positive(int), default=100)
+    a.add_argument("--eval-samples", type=_positive, default=10, help="K of the fresh evaluation (default 10)")
+    a.add_argument("--batch-size", type=_positive, default=100)
     a.add_argument("--json", action="store_true", help="print the report (without per-image arrays) as JSON")
     a.add_argument("--out", help="directory for report.json and the images as .npz")
     a.add_argument("--no-progress", action="store_true")
@@ -106,31 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _channels(text: str | None) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 1:
-        raise GenrobustError(f"channels must be three positive integers like 32,64,64, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-
-
 def cmd_train(args) -> int:
     structure = check_structure(args.structure)
-    arch = {"hidden": args.hidden, "latent_dim": args.latent_dim, "dropout": args.dropout,
-            "enc_channels": _channels(args.enc_channels), "dec_channels": _channels(args.dec_channels)}
-    model_config = ModelConfig(structure=structure, **{k: v for k, v in arch.items() if v is not None})
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               limit=args.limit, dataset=args.dataset, schedule=args.schedule, val_samples=args.val_samples,
-                               test_limit=args.test_limit)
-    name = args.name or default_name(structure, args.dataset)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    model_config = ModelConfig(structure=structure, **{k: given[k] for k in ModelConfig.model_fields
+                                                        if k in given and k != "structure"})
+    train_config = TrainConfig(**{k: given[k] for k in TrainConfig.model_fields if k in given})
+    name = args.name or default_name(structure, train_config.dataset)
     trainer = Trainer(model_config, train_config, name, progress=not args.no_progress, restart=args.restart)
     if getattr(trainer, "resumed_from", 0):
         print(f"resuming {name} after epoch {trainer.resumed_from}")
@@ -244,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genrobust: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:
-        print(f"genrobust: error: {_validation_message(exc)}", file=sys.stderr)
+        print(f"genrobust: error: {validation_message(exc)}", file=sys.stderr)
         return 2
 
 

@@ -36,12 +36,12 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(20, ge=1, le=10_000)
-    batch_size: int = Field(100, ge=1, le=100_000)
-    lr: float = Field(1e-3, gt=0, le=1.0)
-    seed: int = Field(0, ge=0)
+    epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training split.")
+    batch_size: int = Field(100, ge=1, le=100_000, description="Images per Adam step.")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate.")
+    seed: int = Field(0, ge=0, description="Seeds initial weights, batch order, dropout and latent noise.")
     limit: int | None = Field(None, ge=1, description="Train on the first N training images only.")
-    dataset: str = "fashion-mnist"
+    dataset: str = Field("fashion-mnist", description="Dataset to train on.")
     val_samples: int = Field(1, ge=1, description="K for the per-epoch validation used to pick the best epoch.")
     test_limit: int | None = Field(None, ge=1, description="Evaluate the card's test accuracy on N images.")
     schedule: Literal["constant", "cosine"] = Field(

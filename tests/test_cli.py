@@ -34,7 +34,6 @@ def test_cli_trains_lists_and_evaluates(env, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "XYZ"], "unknown structure 'XYZ'"),
-    (["train", "gfz", "--enc-channels", "4,8"], "three positive integers"),
     (["train", "gfz", "--name", "../x"], "invalid model name"),
     (["train", "gfz", "--dropout", "1.5", "--epochs", "1"], "dropout"),
     (["train", "gfz", "--lr", "-1"], "lr"),
@@ -47,6 +46,7 @@ def test_cli_errors_are_one_line(env, capsys, argv, message):
 
 
 @pytest.mark.parametrize("argv", [["evaluate", "x", "--samples", "0"], ["train", "gfz", "--epochs", "0"],
+                                  ["train", "gfz", "--enc-channels", "4,8"], ["train", "gfz", "--schedule", "x"],
                                   ["evaluate", "x", "--split", "train"], ["train", "gfz", "--limit", "abc"]])
 def test_cli_rejects_bad_flags(env, capsys, argv):
     with pytest.raises(SystemExit) as exc:
@@ -70,3 +70,51 @@ def test_cli_missing_dataset(tmp_path, monkeypatch, capsys):
     finally:
         get_settings.cache_clear()
     assert "copy the four official files" in capsys.readouterr().err
+
+
+def _store_tiny(name="atk-tiny"):
+    from genrobust.store import ModelStore
+    from tests.conftest import tiny_model
+    m = tiny_model("GFZ")
+    ModelStore().save(name, m, {"structure": "GFZ", "kind": "generative", "config": m.config.model_dump(mode="json"),
+                                "dataset": {"name": "fashion-mnist"}})
+    return name
+
+
+def test_cli_attack_json_and_out(env, capsys, tmp_path):
+    name = _store_tiny()
+    out_dir = tmp_path / "out"
+    assert main(["attack", name, "--attack", "deepfool", "--param", "max_iter=3", "--param", "samples=2",
+                 "--limit", "6", "--batch-size", "4", "--seed", "1", "--json", "--out", str(out_dir),
+                 "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("model", "attack", "params", "n", "clean_accuracy", "adversarial_accuracy", "success_rate",
+                "robustness", "mean_l2", "mean_linf", "seconds", "queries"):
+        assert key in report
+    assert report["n"] == 6 and report["params"]["max_iter"] == 3 and report["attack"] == "deepfool"
+    import numpy as np
+    saved = np.load(out_dir / f"{name}-deepfool.npz")
+    assert saved["adversarial"].shape == (6, 1, 28, 28) and saved["labels"].shape == (6,)
+    assert set(saved.files) == {"images", "adversarial", "labels", "pred_before", "pred_after"}
+    full = json.loads((out_dir / f"{name}-deepfool.json").read_text())
+    assert len(full["per_image"]["l2"]) == 6
+    # human-readable output and the attack list
+    assert main(["attack", name, "--attack", "zoo", "--param", "steps=2", "--param", "coords=8", "--limit", "2",
+                 "--no-progress"]) == 0
+    assert "queries" in capsys.readouterr().out
+    assert main(["attacks"]) == 0
+    assert "truncated-deepfool" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("params, message", [
+    (["--attack", "nope"], "unknown attack 'nope'"),
+    (["--attack", "fgsm", "--param", "eps=-1"], "invalid parameters for fgsm: eps"),
+    (["--attack", "deepfool", "--param", "p=1"], "invalid parameters for deepfool: p"),
+    (["--attack", "fgsm", "--param", "eps"], "KEY=VALUE"),
+    (["--attack", "pgd", "--param", "steps=abc"], "invalid parameters for pgd: steps"),
+])
+def test_cli_attack_errors(env, capsys, params, message):
+    name = _store_tiny()
+    assert main(["attack", name, *params, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

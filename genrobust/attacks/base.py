@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from genrobust.data import check_images, check_labels
-from genrobust.errors import GenrobustError
+from genrobust.errors import GenrobustError, validation_message
 from genrobust.models import LatentClassifier
 
 ATTACKS: dict[str, type["Attack"]] = {}
@@ -30,10 +30,6 @@ class AttackParams(BaseModel):
 
     samples: int = Field(10, ge=1, le=1000, description="K importance samples for the attacker's own evaluations "
                                                          "of a genrobust classifier (ignored for plain modules).")
-
-
-def validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
 
 
 class LogitsFn:

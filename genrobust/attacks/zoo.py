@@ -88,8 +88,8 @@ class ZOO(Attack):
                     buf[act] = buf[act].scatter(1, coords, val)
                 xa[act] = cur.scatter(1, coords, new)
                 # check the new point (one query per image)
-                success = scores(xa[act], ref[act], f.draw_seed()) < -p.kappa if p.kappa > 0 else \
-                    scores(xa[act], ref[act], f.draw_seed()) < 0
+                score = scores(xa[act], ref[act], f.draw_seed())
+                success = score < -p.kappa if p.kappa > 0 else score < 0
                 queries[act] += 2 * k + 1
                 hit = act[success]
                 best[hit] = xa[hit]

@@ -29,12 +29,12 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     structure: str = Field(description="One of DFX, DFZ, DBX, GFZ, GFY, GBZ, GBY.")
-    latent_dim: int = Field(64, ge=1, le=1024)
-    num_classes: int = Field(10, ge=2)
+    latent_dim: int = Field(64, ge=1, le=1024, description="Dimension of z.")
+    num_classes: int = Field(10, ge=2, description="Number of labels.")
     hidden: int = Field(256, ge=1, description="Width of the dense layers.")
     enc_channels: tuple[int, int, int] = Field((32, 64, 64), description="Channels of the 3 convolutions (q, p(y|x,z), p(z|x)).")
     dec_channels: tuple[int, int, int] = Field((32, 32, 16), description="Channels entering the 3 transposed convolutions.")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout rate of the dense layers during training.")
 
     @field_validator("structure", mode="before")
     @classmethod
