@@ -106,3 +106,13 @@ def test_batched_logits_validates_and_matches_direct_call(images):
         batched_logits(model, bad)
     with pytest.raises(GenrobustError, match="shape"):
         batched_logits(model, images[:, :, :20])
+
+
+def test_bf16_autocast_keeps_densities_in_fp32(images):
+    """Networks may run in bf16, but the 784-pixel likelihood sums stay fp32: logits stay close."""
+    from genrobust.evaluation import batched_logits
+    model = tiny_model("GFZ")
+    fp = batched_logits(model, images, samples=4, seed=0)
+    bf = batched_logits(model, images, samples=4, seed=0, bf16=True)
+    assert bf.dtype == torch.float32
+    torch.testing.assert_close(bf, fp, rtol=2e-3, atol=0.5)

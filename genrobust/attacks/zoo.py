@@ -9,7 +9,7 @@ coordinates of one iteration go to the model in two batched calls (the + and the
 same noise seed so each pair differs only by the perturbation. Every image passed to the model counts as
 one query.
 
-    >>> out = make_attack("zoo", {"steps": 200, "coords": 64})(model, images, labels)
+    >>> out = make_attack("zoo", {"steps": 100, "coords": 64})(model, images, labels)
     >>> out.adversarial, out.queries
 """
 
@@ -23,7 +23,7 @@ from genrobust.attacks.base import Attack, AttackOutput, AttackParams, LogitsFn,
 class ZOOParams(AttackParams):
     c: float = Field(10.0, gt=0.0, description="Weight of the adversarial loss against ||x - x0||^2.")
     kappa: float = Field(0.0, ge=0.0, description="Confidence margin on log-probabilities.")
-    steps: int = Field(200, ge=1, le=100_000, description="Iterations; each costs 2 * coords + 1 queries per image.")
+    steps: int = Field(100, ge=1, le=100_000, description="Iterations; each costs 2 * coords + 1 queries per image.")
     coords: int = Field(64, ge=1, le=784, description="Coordinates estimated per image per iteration.")
     h: float = Field(1e-3, gt=0.0, le=0.5, description="Finite-difference step.")
     lr: float = Field(0.05, gt=0.0, le=10.0, description="Coordinate-wise Adam step size.")

@@ -95,10 +95,12 @@ class LatentClassifier(nn.Module):
         s = self.structure
         N, M, K = x.shape[0], y.shape[1], samples
 
-        mu, logvar = self.q_head(self.q_mlp(self.q_x(self.q_conv(x))[:, None] + self.q_y(y)))  # (N, M, D)
+        # Networks may run under bf16 autocast; every density below is computed in fp32 (a sum over 784
+        # pixels in bf16 is off by about a nat, enough to swap classes).
+        mu, logvar = (t.float() for t in self.q_head(self.q_mlp(self.q_x(self.q_conv(x))[:, None] + self.q_y(y))))
         # Common random numbers: one eps per (image, sample), shared by every candidate label. Each
         # label's estimate stays unbiased; the noise in their differences, which decides the class, drops.
-        eps = torch.randn((N, 1, K, mu.shape[-1]), generator=generator, device=x.device, dtype=mu.dtype)
+        eps = torch.randn((N, 1, K, mu.shape[-1]), generator=generator, device=x.device, dtype=torch.float32)
         z = mu[:, :, None] + torch.exp(0.5 * logvar)[:, :, None] * eps  # (N, M, K, D)
         # log q(z|x,y) from eps directly: exact and avoids the (z - mu)^2 round trip.
         log_w = 0.5 * (eps**2 + LOG_2PI).sum(-1) + 0.5 * logvar.sum(-1)[:, :, None]  # = -log q
@@ -106,10 +108,10 @@ class LatentClassifier(nn.Module):
         if s.z_prior == "standard":
             log_w = log_w - 0.5 * (z**2 + LOG_2PI).sum(-1)
         elif s.z_prior == "y":
-            pmu, plogvar = self.pz_y(torch.eye(self.config.num_classes, device=x.device, dtype=z.dtype))
+            pmu, plogvar = (t.float() for t in self.pz_y(torch.eye(self.config.num_classes, device=x.device)))
             log_w = log_w + _gaussian_logpdf(z, pmu[y][:, :, None], plogvar[y][:, :, None])
         else:
-            pmu, plogvar = self.pz_x(self.pz_conv(x))  # (N, D)
+            pmu, plogvar = (t.float() for t in self.pz_x(self.pz_conv(x)))  # (N, D)
             log_w = log_w + _gaussian_logpdf(z, pmu[:, None, None], plogvar[:, None, None])
 
         yk = y[:, :, None].expand(N, M, K)
@@ -126,7 +128,8 @@ class LatentClassifier(nn.Module):
         if s.x_term != "data":
             logits = self.decoder(z, yk if s.x_term == "x|y,z" else None).float()  # (N, M, K, 784)
             # Bernoulli log-likelihood sum(x*l - softplus(l)) with x shared across labels and samples.
-            log_px = torch.einsum("nmkp,np->nmk", logits, x.reshape(N, -1).float()) - F.softplus(logits).sum(-1)
+            with torch.autocast(x.device.type, enabled=False):
+                log_px = torch.einsum("nmkp,np->nmk", logits, x.reshape(N, -1).float()) - F.softplus(logits).sum(-1)
             log_w = log_w + log_px
         return log_w.float()
 
