@@ -28,8 +28,10 @@ class DeepFoolParams(AttackParams):
     p: float = Field(2.0, gt=1.0, description="The L_p norm to minimise, p > 1; 'inf' for L-infinity.")
     overshoot: float = Field(0.02, ge=0.0, le=10.0, description="Final perturbation is (1 + overshoot) x the sum.")
     max_iter: int = Field(50, ge=1, le=10_000)
-    jacobian: Literal["batched", "loop"] = Field(
-        "batched", description="All class gradients from one vmapped backward pass, or one backward per class.")
+    jacobian: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="How the class gradients are computed: auto = one backward over per-class replicas "
+                            "for genrobust classifiers and a vmapped backward for other modules; vmap; or "
+                            "loop = one backward per class (all three give the same gradients).")
 
     @field_validator("p", mode="before")
     @classmethod
@@ -37,13 +39,16 @@ class DeepFoolParams(AttackParams):
         return math.inf if isinstance(v, str) and v.strip().lower() in {"inf", "infinity", "linf"} else v
 
 
-def class_jacobian(f: LogitsFn, x: torch.Tensor, mode: str = "batched") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (n, C) and their gradients for every class, (n, C, D), from one forward pass (so a
+def class_jacobian(f: LogitsFn, x: torch.Tensor, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (n, C) and their gradients for every class, (n, C, D), with one noise draw per image (so a
     stochastic model's noise is the same for all classes)."""
+    if mode == "auto" and f.latent:
+        f.queries += x.shape[0]
+        return f.model.logits_and_jacobian(x, f.samples, f.generator)
     x = x.detach().requires_grad_(True)
     logits = f(x)
     n, C = logits.shape
-    if mode == "batched":
+    if mode in ("auto", "vmap"):
         eye = torch.eye(C, dtype=logits.dtype, device=x.device)[:, None, :].expand(C, n, C)
         (jac,) = torch.autograd.grad(logits, x, eye, is_grads_batched=True)  # (C, n, 1, 28, 28)
         jac = jac.transpose(0, 1)

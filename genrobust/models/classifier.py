@@ -87,11 +87,21 @@ class LatentClassifier(nn.Module):
 
         if s.x_term != "data":
             self.decoder = Decoder(D, H, config.dec_channels, C if s.x_term == "x|y,z" else None, drop)
+        # channels_last conv weights let oneDNN pick its NHWC kernels: logits at K=10 ~1.5x faster on CPU
+        # (BENCHMARKS.md). Weights are saved contiguous, so checkpoints do not depend on the layout.
+        self.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ core
+    def draw_noise(self, n: int, samples: int, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        """The standard-normal draws eps (n, 1, K, D) that ``log_weights`` uses when given none."""
+        return torch.randn((n, 1, samples, self.config.latent_dim), generator=generator, device=device,
+                           dtype=torch.float32)
+
     def log_weights(self, x: torch.Tensor, y: torch.Tensor, samples: int = 1,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Importance log-weights, shape (N, M, K), for images x (N,1,28,28) and labels y (N, M)."""
+                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Importance log-weights, shape (N, M, K), for images x (N,1,28,28) and labels y (N, M).
+        ``noise`` (N, 1, K, D) replaces the draw from ``generator``."""
         s = self.structure
         N, M, K = x.shape[0], y.shape[1], samples
 
@@ -100,7 +110,7 @@ class LatentClassifier(nn.Module):
         mu, logvar = (t.float() for t in self.q_head(self.q_mlp(self.q_x(self.q_conv(x))[:, None] + self.q_y(y))))
         # Common random numbers: one eps per (image, sample), shared by every candidate label. Each
         # label's estimate stays unbiased; the noise in their differences, which decides the class, drops.
-        eps = torch.randn((N, 1, K, mu.shape[-1]), generator=generator, device=x.device, dtype=torch.float32)
+        eps = noise if noise is not None else self.draw_noise(N, K, generator, x.device)
         z = mu[:, :, None] + torch.exp(0.5 * logvar)[:, :, None] * eps  # (N, M, K, D)
         # log q(z|x,y) from eps directly: exact and avoids the (z - mu)^2 round trip.
         log_w = 0.5 * (eps**2 + LOG_2PI).sum(-1) + 0.5 * logvar.sum(-1)[:, :, None]  # = -log q
@@ -143,6 +153,23 @@ class LatentClassifier(nn.Module):
             raise GenrobustError(f"samples (K) must be at least 1, got {samples}")
         y = torch.arange(self.config.num_classes, device=x.device).expand(x.shape[0], -1)
         return torch.logsumexp(self.log_weights(x, y, samples, generator), dim=-1) - math.log(samples)
+
+    def logits_and_jacobian(self, x: torch.Tensor, samples: int = 10,
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, C) and their input gradients for every class (N, C, 784) from one backward pass.
+
+        Logit c depends on x through the shared x-features and its own (c, k) slice of the tiled pass, so
+        each image is replicated once per class, replica c computes only class c's logit, and a single
+        backward of their sum yields all C gradients. Decoder work equals one ``logits`` call; only the
+        cheap x-convolutions run C times. The noise is shared by the replicas of an image, so the logits
+        equal ``logits(x, samples, generator)`` exactly."""
+        N, C = x.shape[0], self.config.num_classes
+        noise = self.draw_noise(N, samples, generator, x.device).repeat_interleave(C, 0)
+        xr = x.detach().repeat_interleave(C, 0).requires_grad_(True)
+        y = torch.arange(C, device=x.device).repeat(N)[:, None]
+        logits = (torch.logsumexp(self.log_weights(xr, y, samples, noise=noise), -1) - math.log(samples)).view(N, C)
+        (grad,) = torch.autograd.grad(logits.sum(), xr)
+        return logits.detach(), grad.view(N, C, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits with the default K = 10, so the model is a plain images -> logits module."""
