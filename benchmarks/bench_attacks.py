@@ -1,7 +1,8 @@
 """genrobust's attacks side by side with torchattacks and ART, in one run, on the same images.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python benchmarks/bench_attacks.py [--models fmnist-dfz,fmnist-gfz] [--n 200] [--json OUT]
+    .venv/bin/python benchmarks/bench_attacks.py [--models fmnist-dfz,fmnist-gfz] [--n 200] [--n-slow 50]
+                                                 [--n-zoo 10] [--only FGSM,CW] [--json OUT]
 
 The peers attack the stored model wrapped as a plain logits module (K = 10 importance samples, noise from
 a generator reset to the same seed before each tool runs); genrobust's attacks get the classifier itself
@@ -86,12 +87,12 @@ def art_attack(build):
     return run
 
 
-def cases(n: int):
+def cases(n: int, n_slow: int, n_zoo: int):
     import torchattacks
     from art.attacks.evasion import CarliniL2Method, ZooAttack
     cw = {"c": 1.0, "kappa": 0.0, "steps": 50, "binary_steps": 3, "lr": 0.01}
     zoo = {"steps": 20, "coords": 64, "c": 10.0, "lr": 0.05, "h": 1e-3}
-    small = max(10, n // 4)
+    small = n_slow
     return [
         ("FGSM eps=0.1", n,
          [("genrobust", ours("fgsm", {"eps": 0.1})),
@@ -114,7 +115,7 @@ def cases(n: int):
               max_iter=cw["steps"], initial_const=cw["c"], batch_size=small, verbose=False))),
           ("torchattacks CW (no binary search)", torchattacks_attack(
               lambda m: torchattacks.CW(m, c=cw["c"], kappa=0, steps=cw["binary_steps"] * cw["steps"], lr=cw["lr"])))]),
-        (f"ZOO, {zoo['steps']} iterations x {zoo['coords']} coords", max(5, n // 20),
+        (f"ZOO, {zoo['steps']} iterations x {zoo['coords']} coords", n_zoo,
          [("genrobust", ours("zoo", zoo | {"early_stop": False})),
           ("ART ZooAttack", art_attack(lambda clf: ZooAttack(
               clf, confidence=0.0, learning_rate=zoo["lr"], max_iter=zoo["steps"], binary_search_steps=1,
@@ -127,6 +128,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="fmnist-dfz,fmnist-gfz")
     ap.add_argument("--n", type=int, default=200, help="images for FGSM and PGD; slower attacks use fewer")
+    ap.add_argument("--n-slow", type=int, default=50, help="images for DeepFool and CW")
+    ap.add_argument("--n-zoo", type=int, default=10, help="images for ZOO")
     ap.add_argument("--only", help="comma-separated case prefixes, e.g. FGSM,ZOO")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -136,7 +139,7 @@ def main() -> None:
     for name in args.models.split(","):
         model, _ = ModelStore().load(name)
         wrapped = Wrapped(model)
-        for case, n, tools in cases(args.n):
+        for case, n, tools in cases(args.n, args.n_slow, args.n_zoo):
             if args.only and not any(case.startswith(p) for p in args.only.split(",")):
                 continue
             x, y = test.images[:n], test.labels[:n]

@@ -322,3 +322,15 @@ def test_success_is_judged_with_fresh_noise():
     report, _ = run_attack(model, make_attack("deepfool", {"overshoot": 0.0, "samples": 1}), x, y, seed=0,
                            eval_samples=1)
     assert report.success_rate is not None and report.success_rate < 1.0
+
+
+def test_seeded_queries_share_noise_for_finite_differences():
+    """ZOO's +h and -h batches use one seed: identical inputs give identical scores, across chunks too."""
+    model = tiny_model("GFZ")
+    f = LogitsFn(model, 2, torch.Generator().manual_seed(0))
+    f.chunk = 4
+    x = _points(10)
+    with torch.no_grad():
+        a, b, c = f(x, seed=5), f(x, seed=5), f(x, seed=6)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert f.queries == 30

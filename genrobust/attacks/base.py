@@ -44,12 +44,20 @@ class LogitsFn:
         self.queries = 0
         model.eval()
 
+    # Large query batches (ZOO sends images x coordinates at once) run in chunks: a latent classifier's
+    # pass is (rows x 10 classes x K) decoder passes, and moderate chunks stay in cache (BENCHMARKS.md).
+    chunk = 64
+
     def __call__(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         self.queries += x.shape[0]
         if not self.latent:
             return self.model(x)
-        gen = torch.Generator(device=x.device).manual_seed(seed) if seed is not None else self.generator
-        return self.model.logits(x, self.samples, gen)
+        if seed is None:
+            return self.model.logits(x, self.samples, self.generator)
+        # Re-seeded per chunk: row j of every chunk gets the same noise in calls with the same seed.
+        return torch.cat([self.model.logits(x[i:i + self.chunk], self.samples,
+                                            torch.Generator(device=x.device).manual_seed(seed))
+                          for i in range(0, x.shape[0], self.chunk)])
 
     def draw_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self.generator))

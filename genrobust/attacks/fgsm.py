@@ -23,5 +23,7 @@ class FGSM(Attack):
     norm = "linf"
 
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
-        grad, _ = input_gradient(f, x, lambda z: F.cross_entropy(z, y, reduction="none"))
+        # batch-mean loss, as torchattacks uses: the same gradient up to a positive scale, so the same
+        # signs, and bit-identical results to the peer given the same noise (BENCHMARKS.md)
+        grad, _ = input_gradient(f, x, lambda z: F.cross_entropy(z, y))
         return AttackOutput((x + self.params.eps * grad.sign()).clamp(0.0, 1.0))

@@ -50,7 +50,7 @@ class PGD(Attack):
             delta = self.project(u * p.eps)
         delta = (x + delta).clamp(0, 1) - x
         for _ in range(p.steps):
-            grad, _ = input_gradient(f, x + delta, lambda z: F.cross_entropy(z, y, reduction="none"))
+            grad, _ = input_gradient(f, x + delta, lambda z: F.cross_entropy(z, y))  # batch mean, as peers use
             step = grad.sign() if p.norm == "linf" else grad / _l2(grad)
             delta = self.project(delta + p.alpha * step)
             delta = (x + delta).clamp(0, 1) - x
