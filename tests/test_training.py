@@ -56,7 +56,7 @@ def test_resume_matches_uninterrupted_run(env, monkeypatch):
     b, _ = ModelStore().load("resumed")
     # same best epoch, same weights: a resumed run draws the same batches and noise
     assert ModelStore().card("straight")["best_epoch"] == ModelStore().card("resumed")["best_epoch"]
-    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         torch.testing.assert_close(va, vb, msg=k)
 
 

@@ -30,7 +30,7 @@ class ConvFeatures(nn.Module):
 
 def mlp(dims: list[int], dropout: float, final_activation: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2 or final_activation:
             layers += [nn.ReLU(), nn.Dropout(dropout)]
