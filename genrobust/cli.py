@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
     train_config = TrainConfig(**{k: given[k] for k in TrainConfig.model_fields if k in given})
     name = args.name or default_name(structure, train_config.dataset)
     trainer = Trainer(model_config, train_config, name, progress=not args.no_progress, restart=args.restart)
-    if getattr(trainer, "resumed_from", 0):
+    if trainer.resumed_from:
         print(f"resuming {name} after epoch {trainer.resumed_from}")
     try:
         card = trainer.fit()

@@ -7,4 +7,6 @@ class GenrobustError(ValueError):
 
 def validation_message(exc) -> str:
     """A pydantic ValidationError as one line: 'field: problem; field: problem'."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    # pydantic prefixes messages of custom validators with "Value error, ": noise for a user
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors())

@@ -18,12 +18,12 @@ import time
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 import genrobust
 from genrobust import data as data_mod
-from genrobust.errors import GenrobustError
+from genrobust.errors import GenrobustError, validation_message
 from genrobust.evaluation import accuracy
 from genrobust.models import LatentClassifier, ModelConfig
 from genrobust.store import ModelStore, check_name, load_tensors, save_tensors, write_json
@@ -84,6 +84,7 @@ class Trainer:
         self.model = LatentClassifier(model_config)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=train_config.lr)
         self.state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_val": -1.0, "seconds": 0.0, "history": []}
+        self.resumed_from = 0  # the epoch an unfinished run was resumed after (0: fresh run)
         self._maybe_resume()
 
     # ---------------------------------------------------------------- resume
@@ -167,6 +168,7 @@ class Trainer:
         torch.manual_seed(_rng_for(cfg.seed, epoch))  # dropout + reparameterisation noise
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(_rng_for(cfg.seed, epoch)))
         total_loss = correct = seen = 0.0
+        measured = 0  # batches the running accuracy was computed on
         steps = math.ceil(len(train) / cfg.batch_size)
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=not self.progress,
                    leave=False)
@@ -188,10 +190,11 @@ class Trainer:
                 with torch.no_grad():
                     lw = model.log_weights(x, all_classes.expand(len(y), -1), 1)[..., 0]
                     correct += (lw.argmax(-1) == y).float().mean().item()
-                bar.set_postfix(loss=f"{total_loss / seen:.2f}", acc=f"{correct / (step // 10 + 1):.3f}")
+                measured += 1
+                bar.set_postfix(loss=f"{total_loss / seen:.2f}", acc=f"{correct / measured:.3f}")
         if not math.isfinite(total_loss):
             raise GenrobustError(f"training diverged at epoch {epoch} (non-finite loss); try a smaller --lr")
-        return total_loss / seen, correct / (steps // 10 + (steps % 10 > 0))
+        return total_loss / seen, correct / measured
 
     def _finish(self) -> dict[str, Any]:
         """Reload the best epoch, measure the card's accuracies at K=10 and publish the final card."""
@@ -219,11 +222,11 @@ def default_name(structure: str, dataset: str) -> str:
 
 
 def check_structure(structure: str) -> str:
+    """The canonical structure name; ModelConfig's validator is the one place that knows the names."""
     try:
         return ModelConfig(structure=structure).structure
-    except Exception:
-        from genrobust.models import STRUCTURES
-        raise GenrobustError(f"unknown structure {structure!r}; choose one of {', '.join(STRUCTURES)}") from None
+    except ValidationError as exc:
+        raise GenrobustError(validation_message(exc)) from None
 
 
 __all__ = ["TrainConfig", "Trainer", "default_name", "check_structure"]
