@@ -14,12 +14,14 @@ from pydantic import ValidationError
 
 from genrobust import data
 from genrobust.attacks import ATTACKS, make_attack
+from genrobust.detection import DEFAULT_FPR, DETECTORS, check_detector, fit_detectors, load_detector
 from genrobust.errors import GenrobustError, validation_message
 from genrobust.evaluation import accuracy
 from genrobust.models import STRUCTURES, ModelConfig
 from genrobust.robustness import run_attack
 from genrobust.settings import get_settings
 from genrobust.store import ModelStore
+from genrobust.study import DEFAULT_LIMIT, STUDY_ATTACKS, STUDY_MODELS, StudyConfig, reproduce
 from genrobust.training import TrainConfig, Trainer, check_structure, default_name
 
 
@@ -112,6 +114,49 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("attacks", help="list the attacks and their parameters")
+
+    f = sub.add_parser("fit-detectors", help="fit the logit, marginal and KL detectors of a model",
+                       description="Fit every detector on the training split (correctly classified images, true "
+                                   "labels), calibrate alpha on the validation split to the target false-positive "
+                                   "rate, and save them beside the model (detectors/<name>.json).")
+    f.add_argument("name", help="stored model name (DFZ, GFZ, GFY, GBZ or GBY structure)")
+    f.add_argument("--limit", type=_positive, help="use only the first N images of each split")
+    f.add_argument("--samples", type=_positive, default=10, help="K importance samples (default 10)")
+    f.add_argument("--seed", type=_nonneg_int, default=0)
+    f.add_argument("--fpr", type=float, default=DEFAULT_FPR, help="target false-positive rate (default 0.05)")
+    f.add_argument("--no-progress", action="store_true")
+
+    d = sub.add_parser("detect", help="flag adversarial images with a fitted detector",
+                       description="Run a detector on images from an .npz file (as written by `genrobust attack "
+                                   "--out`: its 'adversarial' array, else 'images') or on a dataset split.")
+    d.add_argument("name", help="stored model name")
+    d.add_argument("--detector", default="logit", help="logit (default), marginal, kl or all")
+    d.add_argument("--input", help=".npz file with an 'adversarial' or 'images' array (N,1,28,28) in [0,1]")
+    d.add_argument("--split", choices=["test", "validation"], default="test", help="when no --input is given")
+    d.add_argument("--limit", type=_positive, default=100, help="images of the split (default 100)")
+    d.add_argument("--seed", type=_nonneg_int, default=0)
+    d.add_argument("--json", action="store_true", help="print per-image results as JSON")
+
+    r = sub.add_parser("reproduce", help="run the whole study: tables, figures, ROC curves, report",
+                       description="Attack the stored models, detect, and write DIR/report.md, DIR/report.html, "
+                                   "DIR/results.json and DIR/figures/*.png. Results are cached per model, attack, "
+                                   "parameters and seed in DIR/cache: an interrupted run resumes.")
+    r.add_argument("--models", default=",".join(STUDY_MODELS),
+                   help="comma-separated stored names, short structure names (dfz = fmnist-dfz) or 'all' "
+                        "(default: fmnist-dfz,fmnist-gfz)")
+    r.add_argument("--attacks", default=",".join(STUDY_ATTACKS), help="comma-separated attack names or 'all' "
+                   f"(default: {','.join(STUDY_ATTACKS)})")
+    r.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT,
+                   help=f"test images per model and attack (default {DEFAULT_LIMIT})")
+    r.add_argument("--seed", type=_nonneg_int, default=0)
+    r.add_argument("--out", default="report", help="output folder (default ./report)")
+    r.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="attack parameter override, repeatable (e.g. --param fgsm.eps=0.2)")
+    r.add_argument("--clean-limit", type=_positive, default=1000,
+                   help="clean test images for false-positive rates and ROC negatives (default 1000)")
+    r.add_argument("--fit-limit", type=_positive, help="training images when detectors must be fitted first "
+                   "(default: the whole training split)")
+    r.add_argument("--no-adaptive", action="store_true", help="skip the detector-aware PGD table")
     return p
 
 
@@ -221,8 +266,87 @@ def cmd_attacks(args) -> int:
     return 0
 
 
+def cmd_fit_detectors(args) -> int:
+    rec = fit_detectors(ModelStore(), args.name, samples=args.samples, seed=args.seed, limit=args.limit,
+                        fpr=args.fpr, progress=not args.no_progress)
+    print(f"{args.name}: detectors fitted on {rec['n_train']} training images, calibrated on {rec['n_calibrate']} "
+          f"validation images to FPR {rec['fpr']} in {rec['seconds']:.0f}s")
+    for name, d in rec["detectors"].items():
+        print(f"  {name:<9} alpha {d['alpha']:.3f}  fitted on {d['info']['n_fit']} correctly classified images, "
+              f"calibration FPR {d['info']['calibration_fpr']:.4f}")
+    return 0
+
+
+def cmd_detect(args) -> int:
+    names = list(DETECTORS) if args.detector == "all" else [check_detector(args.detector)]
+    store = ModelStore()
+    model, card = store.load(args.name)
+    detectors = {n: load_detector(store, args.name, n, model=model) for n in names}
+    if args.input:
+        try:
+            with np.load(args.input) as z:
+                key = "adversarial" if "adversarial" in z else "images"
+                images = torch.from_numpy(z[key])
+        except (OSError, ValueError, KeyError) as exc:
+            raise GenrobustError(f"cannot read images from {args.input}: {exc}") from None
+        source = f"{args.input}[{key}]"
+    else:
+        split = data.load(card.get("dataset", {}).get("name", "fashion-mnist"), args.split, args.limit)
+        images, source = split.images, f"{args.split} split, first {len(split)}"
+    out = {}
+    for n, det in detectors.items():
+        r = det.detect(images, seed=args.seed)
+        out[n] = {"is_adversarial": r.is_adversarial.tolist(), "scores": r.score.tolist(),
+                  "thresholds": r.threshold.tolist(), "predictions": r.prediction.tolist()}
+        if not args.json:
+            print(f"{args.name} / {n} detector on {source}: {int(r.is_adversarial.sum())} of {len(r.score)} flagged "
+                  f"({r.is_adversarial.double().mean().item():.4f})")
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+def _resolve_models(text: str, store: ModelStore) -> list[str]:
+    stored = store.names()
+    if text.strip() == "all":
+        return stored
+    names = []
+    for tok in filter(None, (t.strip() for t in text.split(","))):
+        name = tok if tok in stored else f"fmnist-{tok.lower()}" if f"fmnist-{tok.lower()}" in stored else None
+        if name is None:
+            raise GenrobustError(f"unknown model {tok!r} (stored: {', '.join(stored) or 'none'})")
+        names.append(name)
+    return names
+
+
+def cmd_reproduce(args) -> int:
+    store = ModelStore()
+    params: dict[str, dict[str, str]] = {}
+    for key, value in _parse_params(args.param).items():
+        attack, dot, field = key.partition(".")
+        if not dot or not field:
+            raise GenrobustError(f"--param takes ATTACK.KEY=VALUE, got {key}={value}")
+        params.setdefault(attack.replace("_", "-"), {})[field] = value
+    attacks = list(ATTACKS) if args.attacks.strip() == "all" else [a.strip() for a in args.attacks.split(",") if a.strip()]
+    config = StudyConfig(models=_resolve_models(args.models, store), attacks=attacks, params=params, limit=args.limit,
+                         seed=args.seed, out=Path(args.out), clean_limit=args.clean_limit, fit_limit=args.fit_limit,
+                         adaptive=not args.no_adaptive)
+    try:
+        results = reproduce(config, store)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished attacks are cached in {config.out / 'cache'}; run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
+    print(f"wrote {config.out}/report.md, report.html, results.json and {len(results['figures']) + len(results['examples'])} "
+          f"figures in {results['seconds']:.0f}s")
+    for tab in results["tables"].values():
+        print(f"  {tab['title'].split(':')[0]}: {tab['verdict']}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "models": cmd_models, "evaluate": cmd_evaluate, "attack": cmd_attack,
-            "attacks": cmd_attacks}
+            "attacks": cmd_attacks, "fit-detectors": cmd_fit_detectors, "detect": cmd_detect,
+            "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

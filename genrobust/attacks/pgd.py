@@ -38,6 +38,14 @@ class PGD(Attack):
             return delta.clamp(-eps, eps)
         return delta * (eps / _l2(delta)).clamp(max=1.0)
 
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the attack ascends: CE as a batch mean, as peers use (the sign step ignores the scale)."""
+        return F.cross_entropy(logits, y)
+
+    def keep(self, x_adv: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, best):
+        """Hook to remember good iterates (``best`` starts as None); plain PGD returns its last one."""
+        return best
+
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
         p = self.params
         delta = torch.zeros_like(x)
@@ -49,9 +57,14 @@ class PGD(Attack):
                 u = u / _l2(u) * r
             delta = self.project(u * p.eps)
         delta = (x + delta).clamp(0, 1) - x
+        best = None
         for _ in range(p.steps):
-            grad, _ = input_gradient(f, x + delta, lambda z: F.cross_entropy(z, y))  # batch mean, as peers use
+            grad, logits = input_gradient(f, x + delta, lambda z: self.loss(z, y))
+            best = self.keep(x + delta, logits, y, best)
             step = grad.sign() if p.norm == "linf" else grad / _l2(grad)
             delta = self.project(delta + p.alpha * step)
             delta = (x + delta).clamp(0, 1) - x
-        return AttackOutput(x + delta)
+        return AttackOutput(self.finish(f, x + delta, y, best))
+
+    def finish(self, f: LogitsFn, x_adv: torch.Tensor, y: torch.Tensor, best) -> torch.Tensor:
+        return x_adv
