@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fit-limit", type=_positive, help="training images when detectors must be fitted first "
                    "(default: the whole training split)")
     r.add_argument("--no-adaptive", action="store_true", help="skip the detector-aware PGD table")
+
+    sv = sub.add_parser("serve", help="run the web service (jobs in-process by default; Redis if configured)",
+                        description="Serve the HTTP API (docs at /docs). Without GENROBUST_REDIS_URL jobs run "
+                                    "in-process on an embedded SQLite broker; with it, start workers with "
+                                    "`celery -A worker worker`. See docs/service.md.")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=_positive, default=8000, help="port (default 8000)")
+    sv.add_argument("--no-access-log", action="store_true", help="do not log every request")
     return p
 
 
@@ -344,9 +352,15 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from app.main import serve  # the service's dependencies load only for this command
+
+    return serve(args.host, args.port, access_log=not args.no_access_log)
+
+
 COMMANDS = {"train": cmd_train, "models": cmd_models, "evaluate": cmd_evaluate, "attack": cmd_attack,
             "attacks": cmd_attacks, "fit-detectors": cmd_fit_detectors, "detect": cmd_detect,
-            "reproduce": cmd_reproduce}
+            "reproduce": cmd_reproduce, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 
@@ -52,3 +53,28 @@ def accuracy(model: LatentClassifier, images: torch.Tensor, labels: torch.Tensor
         "samples": samples,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def logits_for_requests(model: LatentClassifier, requests: list[tuple[torch.Tensor, int]], samples: int = 10,
+                        batch_size: int = EVAL_BATCH) -> list[torch.Tensor]:
+    """Logits of several independently seeded image batches ``[(images, seed), ...]`` in shared forward
+    passes (the service's dynamic batching). Each request's noise comes from its own generator, drawn as
+    ``batched_logits`` draws it, so its logits equal ``batched_logits(model, images, samples, seed)`` (up to
+    float rounding) whatever it was batched with. Images must already be checked (``check_images``)."""
+    if samples < 1:
+        raise GenrobustError(f"samples (K) must be at least 1, got {samples}")
+    device = next(model.parameters()).device
+    noise, sizes = [], []
+    for x, seed in requests:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        noise += [model.draw_noise(len(x[i:i + EVAL_BATCH]), samples, gen, device)
+                  for i in range(0, len(x), EVAL_BATCH)]
+        sizes.append(len(x))
+    x, eps = torch.cat([x for x, _ in requests]).to(device), torch.cat(noise)
+    classes = torch.arange(model.config.num_classes, device=device).expand(len(x), -1)
+    model.eval()
+    with torch.inference_mode():
+        out = torch.cat([torch.logsumexp(model.log_weights(x[i:i + batch_size], classes[i:i + batch_size], samples,
+                                                           noise=eps[i:i + batch_size]), -1) - math.log(samples)
+                         for i in range(0, len(x), batch_size)])
+    return list(out.float().cpu().split(sizes))

@@ -71,12 +71,12 @@ def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 
                targets=None) -> tuple[AttackReport, torch.Tensor]:
     """Attack all images in chunks and measure. Returns the report and the adversarial images."""
     x = check_images(images)
-    y = check_labels(labels, len(x))
+    y = check_labels(labels, len(x)).to(x.device)
     if batch_size < 1:
         raise GenrobustError(f"batch size must be at least 1, got {batch_size}")
     if eval_samples < 1:
         raise GenrobustError(f"eval samples must be at least 1, got {eval_samples}")
-    eval_gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
+    eval_gen = torch.Generator(device=x.device).manual_seed(seed + EVAL_SEED_OFFSET)
     adv_chunks, query_chunks, seconds = [], [], 0.0
     starts = range(0, len(x), batch_size)
     for i, s in enumerate(tqdm(starts, desc=attack.name, unit="batch", disable=not progress, leave=False)):
@@ -97,11 +97,29 @@ def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 
     correct = pred_before == y
     success = correct & (pred_after != y)
     queries = torch.cat(query_chunks) if query_chunks[0] is not None else None
+    per_image = {
+        "labels": y.tolist(), "pred_before": pred_before.tolist(), "pred_after": pred_after.tolist(),
+        "correct": correct.tolist(), "success": success.tolist(),
+        "l2": l2.tolist(), "linf": linf.tolist(), "l0": l0.tolist(), "rel_l2": rel_l2.tolist(),
+        "queries": queries.tolist() if queries is not None else None,
+    }
+    report = _report(dict(model=model_name, attack=attack.name, seed=seed, eval_samples=eval_samples,
+                          params=attack.params.model_dump(mode="json") | {"batch_size": batch_size}),
+                     per_image, seconds)
+    return report, adv
+
+
+def _report(header: dict[str, Any], per_image: dict[str, list | None], seconds: float) -> AttackReport:
+    """The report's aggregates from its per-image lists (run_attack and merge_reports both end here, so a
+    merged report is computed exactly like an unchunked one; float32 values round-trip through lists)."""
+    y, pred_after = torch.tensor(per_image["labels"]), torch.tensor(per_image["pred_after"])
+    correct, success = torch.tensor(per_image["correct"]), torch.tensor(per_image["success"])
+    l2, linf, l0, rel_l2 = (torch.tensor(per_image[k], dtype=torch.float32) for k in ("l2", "linf", "l0", "rel_l2"))
     s = success.numpy()
     ok = lambda t: t.numpy()[s]  # noqa: E731  statistics over successful images
-    report = AttackReport(
-        model=model_name, attack=attack.name, params=attack.params.model_dump(mode="json") | {"batch_size": batch_size},
-        seed=seed, eval_samples=eval_samples, n=len(x),
+    n = len(y)
+    return AttackReport(
+        **header, n=n,
         clean_accuracy=correct.float().mean().item(),
         adversarial_accuracy=(pred_after == y).float().mean().item(),
         success_rate=(success.sum() / correct.sum()).item() if correct.any() else None,
@@ -109,13 +127,70 @@ def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 
         mean_l2=_stat(ok(l2), np.mean), median_l2=_stat(ok(l2), np.median),
         mean_linf=_stat(ok(linf), np.mean), median_linf=_stat(ok(linf), np.median),
         mean_l0=_stat(ok(l0), np.mean), median_l0=_stat(ok(l0), np.median),
-        seconds=seconds, seconds_per_image=seconds / len(x),
-        queries=int(queries.sum()) if queries is not None else None,
-        per_image={
-            "labels": y.tolist(), "pred_before": pred_before.tolist(), "pred_after": pred_after.tolist(),
-            "correct": correct.tolist(), "success": success.tolist(),
-            "l2": l2.tolist(), "linf": linf.tolist(), "l0": l0.tolist(), "rel_l2": rel_l2.tolist(),
-            "queries": queries.tolist() if queries is not None else None,
-        },
+        seconds=seconds, seconds_per_image=seconds / n,
+        queries=int(sum(per_image["queries"])) if per_image["queries"] is not None else None,
+        per_image=per_image,
     )
-    return report, adv
+
+
+# ------------------------------------------------------------------ chunked sweeps
+# A sweep over many images is cut into chunks that run as independent tasks (on many workers) and are
+# merged. Each chunk is an ordinary run_attack on its slice with a seed derived from (seed, start), so the
+# result depends only on (seed, chunk_size), never on which worker ran which chunk or in what order:
+# run_attack_chunked computes the same thing in one process.
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each chunk of n images."""
+    if n < 1 or chunk_size < 1:
+        raise GenrobustError(f"need at least 1 image and a chunk size of at least 1, got {n} and {chunk_size}")
+    return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+
+def chunk_seed(seed: int, start: int) -> int:
+    """The seed of the chunk starting at image ``start`` of a sweep seeded ``seed``."""
+    return seed * 1_000_003 + start
+
+
+def run_attack_chunk(model: nn.Module, attack: Attack, images, labels, start: int, stop: int, *, seed: int = 0,
+                     eval_samples: int = 10, batch_size: int = 100, model_name: str = "model") -> AttackReport:
+    """One chunk of a sweep: images[start:stop] attacked with the chunk's own seed."""
+    report, _ = run_attack(model, attack, images[start:stop], labels[start:stop], seed=chunk_seed(seed, start),
+                           eval_samples=eval_samples, batch_size=batch_size, model_name=model_name)
+    return report
+
+
+def merge_reports(reports: list[AttackReport], seed: int) -> AttackReport:
+    """One report from the chunk reports of a sweep, in chunk order (seconds and queries add up)."""
+    if not reports:
+        raise GenrobustError("nothing to merge: no chunk reports")
+    first = reports[0]
+    keys = [k for k in first.per_image if first.per_image[k] is not None]
+    per_image = {k: [v for r in reports for v in r.per_image[k]] if k in keys else None for k in first.per_image}
+    header = dict(model=first.model, attack=first.attack, params=first.params, seed=seed,
+                  eval_samples=first.eval_samples)
+    return _report(header, per_image, sum(r.seconds for r in reports))
+
+
+def run_attack_chunked(model: nn.Module, attack: Attack, images, labels, *, seed: int = 0, chunk_size: int = 50,
+                       eval_samples: int = 10, batch_size: int = 100, model_name: str = "model") -> AttackReport:
+    """What a service sweep of (model, attack) computes, in one process: chunk by chunk, then merged."""
+    x = check_images(images)
+    y = check_labels(labels, len(x))
+    return merge_reports([run_attack_chunk(model, attack, x, y, s, e, seed=seed, eval_samples=eval_samples,
+                                           batch_size=batch_size, model_name=model_name)
+                          for s, e in chunk_bounds(len(x), chunk_size)], seed)
+
+
+# Estimated model passes per image, in units of one K=10 gradient pass; the service runs an /attack
+# request inline below a work limit (images x cost) and as a job above it. An upper bound from the
+# iteration parameters: early-stopping attacks usually finish sooner.
+def attack_cost(attack: Attack) -> float:
+    p = attack.params
+    passes = 1.0
+    for field in ("steps", "binary_steps", "max_iter"):
+        passes *= getattr(p, field, 1)
+    if hasattr(p, "bisection_steps"):
+        passes += p.bisection_steps
+    if hasattr(p, "coords"):  # finite differences: 2 * coords + 1 forward queries per iteration
+        passes *= (2 * p.coords + 1) / 2
+    return passes * p.samples / 10

@@ -17,6 +17,29 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("./models"), description="Where trained models and resumable runs are written.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
 
+    # ---- the service (app/, worker/); see docs/service.md
+    redis_url: str | None = Field(
+        None, description="Redis for the job broker and results, e.g. redis://localhost:6379/0. Unset: the "
+                          "embedded default (SQLite broker and results under <data_dir>/service, jobs run "
+                          "in-process by `genrobust serve`).")
+    api_key: str | None = Field(
+        None, description="Required in the X-API-Key header of job submission, cancellation and store writes. "
+                          "Unset: open (the embedded default; a warning is logged at start).")
+    max_images: int = Field(256, ge=1, le=100_000, description="Most images accepted in one request.")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body accepted, in bytes.")
+    inline_attack_work: float = Field(
+        2000.0, ge=0, description="/attack runs inline up to this work (images x estimated passes per image, "
+                                  "see genrobust.robustness.attack_cost); above it the request becomes a job (202).")
+    result_expires: int = Field(7 * 24 * 3600, ge=60, description="Seconds job records and results are kept.")
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="/classify dynamic batching: how long the first "
+                                                                  "request of a batch waits for others, in ms.")
+    batch_max_images: int = Field(128, ge=1, description="/classify dynamic batching: most images in one pass.")
+    sweep_chunk: int = Field(50, ge=1, description="Images per sweep chunk (one task each, run in parallel).")
+    visibility_timeout: int = Field(
+        3600, ge=1, description="Redis broker: seconds before a task taken by a worker that vanished is given to "
+                                "another worker. Must exceed the longest task (a sweep chunk, a training run).")
+    worker_concurrency: int = Field(1, ge=1, description="Tasks one embedded worker runs at a time.")
+
 
 @lru_cache
 def get_settings() -> Settings:

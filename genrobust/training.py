@@ -15,7 +15,7 @@ import platform
 import shutil
 import sys
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -73,7 +73,11 @@ def _versions() -> dict[str, str]:
 
 class Trainer:
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig, name: str,
-                 store: ModelStore | None = None, progress: bool = True, restart: bool = False):
+                 store: ModelStore | None = None, progress: bool = True, restart: bool = False,
+                 on_epoch: Callable[[int, int], None] | None = None):
+        """``on_epoch(epoch, epochs)`` is called after each epoch's state is saved (the service reports
+        progress and checks for cancellation there; an exception it raises leaves a resumable run)."""
+        self.on_epoch = on_epoch
         self.name = check_name(name)
         self.store = store or ModelStore()
         self.model_config, self.cfg, self.progress = model_config, train_config, progress
@@ -160,6 +164,8 @@ class Trainer:
                        f"val acc (K={cfg.val_samples}) {val_acc:.4f}{'  *best' if best else ''}  "
                        f"[{self.state['seconds']:.0f}s]", file=sys.stdout)
             sys.stdout.flush()
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, cfg.epochs)
         return self._finish()
 
     def _epoch(self, train: data_mod.Data, epoch: int) -> tuple[float, float]:

@@ -92,7 +92,7 @@ def test_detection_rate_matches_hand_count(gfz):
     hand = [v < -10 * c - 3.0 for c, v in cases]
     assert out.is_adversarial.tolist() == hand == [False, True, False, True, False, True]
     success = [True, True, False, True, True, False]
-    flagged_successes = sum(h for h, s in zip(hand, success) if s)
+    flagged_successes = sum(h for h, s in zip(hand, success, strict=True) if s)
     assert detection_rate(out, success) == pytest.approx(flagged_successes / sum(success))  # 2 of 4
     assert detection_rate(out, [False] * 6) is None
     assert out.prediction.tolist() == [c for c, _ in cases]

@@ -60,7 +60,7 @@ class LogitsFn:
                           for i in range(0, x.shape[0], self.chunk)])
 
     def draw_seed(self) -> int:
-        return int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
 
 
 @dataclass
@@ -92,13 +92,16 @@ class Attack(ABC):
 
     def __call__(self, model: nn.Module, images, labels, seed: int = 0, targets=None) -> AttackOutput:
         x = check_images(images)
-        y = check_labels(labels, len(x))
+        y = check_labels(labels, len(x)).to(x.device)
         if targets is not None:
             if not self.targeted_ok:
                 raise GenrobustError(f"{self.name} has no targeted mode")
             targets = check_labels(targets, len(x))
-        f = LogitsFn(model, self.params.samples, torch.Generator().manual_seed(seed))
-        out = self.run(f, x, y, targets)
+        # Tensors an attack creates (buffers, noise) land on the images' device, so CUDA workers need no
+        # per-attack device code. (CI has no GPU: the CUDA path is not exercised by the tests.)
+        with torch.device(x.device):
+            f = LogitsFn(model, self.params.samples, torch.Generator(device=x.device).manual_seed(seed))
+            out = self.run(f, x, y, None if targets is None else targets.to(x.device))
         out.adversarial = out.adversarial.detach().clamp_(0.0, 1.0)
         return out
 

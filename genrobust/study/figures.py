@@ -40,7 +40,7 @@ def examples(model_name: str, x: torch.Tensor, y: torch.Tensor, advs: dict[str, 
     i = _pick(entries, y)
     x, advs = x.numpy(), {a: v.numpy() for a, v in advs.items()}  # matplotlib wants arrays, not tensors
     cols = len(advs) + 1
-    fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.7), squeeze=False)
     axes[0, 0].imshow(x[i, 0], cmap="gray", vmin=0, vmax=1)
     axes[0, 0].set_title(f"clean\ntrue {_label(int(y[i]))}\npred {_label(entries[next(iter(entries))]['pred_before'][i])}",
                          fontsize=7)

@@ -1,0 +1,57 @@
+"""Dependencies of the routes, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+
+from app.batching import Batcher
+from genrobust.settings import Settings, get_settings
+from genrobust.store import ModelStore
+from worker import runtime
+from worker.jobs import JobStore, job_store
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[ModelStore, Depends(runtime.store)]
+
+
+def _jobs() -> JobStore:
+    return job_store()
+
+
+JobsDep = Annotated[JobStore, Depends(_jobs)]
+
+
+def _batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
+BatcherDep = Annotated[Batcher, Depends(_batcher)]
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="APIKey",
+                              description="GENROBUST_API_KEY; required for job submission, cancellation and "
+                                          "store writes when configured.")
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+    check_api_key(settings, key)
+
+
+def check_api_key(settings: Settings, key: str | None) -> None:
+    if settings.api_key is None:  # the embedded default: open (a warning was logged at start)
+        return
+    if key is None or not secrets.compare_digest(key.encode(), settings.api_key.encode()):
+        raise HTTPException(401, "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "APIKey"})
+
+
+ApiKey = Depends(require_api_key)
+ApiKeyValue = Annotated[str | None, Security(api_key_header)]
+
+
+def known_model(name: str) -> str:
+    """The name if the store has it; GenrobustError (422) saying which models exist otherwise."""
+    runtime.store().card(name)
+    return name

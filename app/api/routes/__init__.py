@@ -1,0 +1,12 @@
+"""Route modules; ``errors(...)`` documents the error responses a route can give (all ``{"detail": ...}``)."""
+
+from app.schemas import ErrorBody
+
+_WHY = {400: "Malformed JSON.", 401: "Missing or wrong X-API-Key.", 404: "Not found.",
+        409: "The job already finished.", 413: "Body or image count over the configured limit.",
+        422: "Invalid input: the message says what is wrong.",
+        503: "The broker or result store is unreachable."}
+
+
+def errors(*codes: int) -> dict:
+    return {c: {"model": ErrorBody, "description": _WHY[c]} for c in codes}

@@ -1,0 +1,38 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
+
+from app import images
+from app.api.deps import ApiKeyValue, SettingsDep, check_api_key, known_model
+from app.api.routes import errors
+from app.schemas import AttackRequest, AttackResponse, JobAccepted
+from genrobust.attacks import make_attack
+from genrobust.robustness import attack_cost
+from worker import calls, submit
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post("/attack", response_model=AttackResponse,
+             responses={202: {"model": JobAccepted, "description": "Too much work to run inline: queued as a job "
+                                                                   "(needs X-API-Key when configured)."},
+                        **errors(400, 401, 413, 422, 503)})
+def attack(req: Annotated[AttackRequest, Body()], settings: SettingsDep, api_key: ApiKeyValue = None):
+    """Attack images of a stored model with one of the library's attacks (parameters: the attack's own
+    schema, e.g. FGSMParams). Success is judged by a fresh evaluation of the model with independent noise.
+    Requests whose work (images x the attack's estimated passes per image) exceeds
+    GENROBUST_INLINE_ATTACK_WORK are not run inline: 202 with a job id whose result has this same shape."""
+    x = images.decode(req, settings.max_images)
+    known_model(req.model)
+    params = req.params.model_dump(mode="json")
+    work = len(x) * attack_cost(make_attack(req.attack, params))
+    call = dict(model=req.model, attack=req.attack, params=params, labels=req.labels, seed=req.seed,
+                eval_samples=req.eval_samples)
+    if work > settings.inline_attack_work:
+        check_api_key(settings, api_key)
+        job = submit.attack(call | {"images": x.squeeze(1).tolist()}, call | {"n": len(x), "work": work})
+        return JSONResponse(JobAccepted(job_id=job.id, detail=f"work {work:.0f} > inline limit "
+                                                              f"{settings.inline_attack_work:.0f}").model_dump(),
+                            status_code=202)
+    return calls.attack(images=x, **call)

@@ -1,0 +1,70 @@
+"""The FastAPI app and ``serve`` (what `genrobust serve` runs)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import genrobust
+from app import errors
+from app.api.main import api_router
+from app.batching import Batcher
+from genrobust.evaluation import logits_for_requests
+from genrobust.settings import get_settings
+from worker import runtime
+from worker.celery import configure
+
+log = logging.getLogger("genrobust.service")
+
+
+def _classify_group(model: str, samples: int, requests):
+    return logits_for_requests(runtime.load_model(model), requests, samples)
+
+
+def create_app(embedded_worker: bool | None = None) -> FastAPI:
+    """``embedded_worker``: run jobs in-process (default: when no Redis is configured)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings = get_settings()
+        configure(settings)
+        if not settings.api_key:
+            log.warning("GENROBUST_API_KEY is not set: job submission, cancellation and store writes are open "
+                        "to anyone who can reach this service")
+        runtime.set_threads()
+        batcher = Batcher(_classify_group, settings.batch_wait_ms / 1000, settings.batch_max_images)
+        await batcher.start()
+        app.state.batcher = batcher
+        embedded = not settings.redis_url if embedded_worker is None else embedded_worker
+        app.state.embedded_worker = None
+        if embedded:
+            from worker.embedded import EmbeddedWorker
+
+            app.state.embedded_worker = EmbeddedWorker().start()
+        log.info("genrobust service: %s mode, models in %s", "redis" if settings.redis_url else "embedded",
+                 settings.model_dir)
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            if app.state.embedded_worker:
+                app.state.embedded_worker.stop()
+
+    app = FastAPI(title="genrobust", version=genrobust.__version__, lifespan=lifespan,
+                  description="Latent-variable classifiers of Li, Bradshaw & Sharma (ICML 2019): classification, "
+                              "adversarial attacks, detection, and training / attack sweeps / the study as jobs.")
+    app.state.embedded_worker = None
+    errors.install(app)
+    app.add_middleware(errors.BodyLimit)
+    app.include_router(api_router)
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, access_log: bool = True) -> int:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(), host=host, port=port, access_log=access_log, timeout_graceful_shutdown=10)
+    return 0

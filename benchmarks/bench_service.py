@@ -1,0 +1,140 @@
+"""The service under load: /classify throughput and latency with 16 concurrent clients (dynamic batching),
+and /attack FGSM latency for one image.
+
+    .venv/bin/python benchmarks/bench_service.py [--seconds 15] [--clients 16] [--images 1]
+
+Starts `genrobust serve` (embedded mode, a throw-away data dir, the shipped models) on a free port and
+drives it with asyncio + httpx from this process. Client and server share the machine's cores, so the
+figures include the client's JSON and HTTP work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _test_images(n: int) -> list:
+    sys.path.insert(0, str(REPO))
+    from genrobust import data
+
+    return data.load("fashion-mnist", "test", n).images[:, 0].tolist()
+
+
+async def _classify_load(url: str, model: str, clients: int, images: list, per_request: int, seconds: float):
+    latencies, batch_sizes, infer_ms, done = [], [], [], 0
+    stop = time.perf_counter() + seconds
+
+    async def client(i: int, http: httpx.AsyncClient):
+        nonlocal done
+        k = i
+        while time.perf_counter() < stop:
+            body = {"model": model, "images": images[k % len(images): k % len(images) + per_request],
+                    "samples": 10, "seed": k}
+            t0 = time.perf_counter()
+            r = await http.post("/classify", json=body)
+            latencies.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            batch_sizes.append(int(r.headers["X-Batch-Images"]))
+            infer_ms.append(float(r.headers["X-Inference-Ms"]))
+            done += per_request
+            k += clients
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        await http.post("/classify", json={"model": model, "images": images[:1]})  # load the model
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {"model": model, "images/s": done / wall, "requests": len(lat), "p50 ms": np.percentile(lat, 50),
+            "p99 ms": np.percentile(lat, 99), "mean batch": statistics.mean(batch_sizes),
+            "mean pass ms": statistics.mean(infer_ms)}
+
+
+def _attack_latency(url: str, model: str, image: list, n: int = 20) -> dict:
+    with httpx.Client(base_url=url, timeout=60) as http:
+        body = {"model": model, "attack": "fgsm", "params": {"eps": 0.1}, "images": [image], "labels": [9]}
+        http.post("/attack", json=body).raise_for_status()  # warm-up
+        lat, inner = [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = http.post("/attack", json=body)
+            lat.append((time.perf_counter() - t0) * 1000)
+            inner.append(r.json()["seconds"] * 1000)
+    return {"model": model, "p50 ms": np.percentile(lat, 50), "p99 ms": np.percentile(lat, 99),
+            "attack ms (p50)": np.percentile(inner, 50)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--images", type=int, default=1, help="images per /classify request")
+    ap.add_argument("--models", default="fmnist-gfz,fmnist-dfz")
+    ap.add_argument("--threads", type=int, help="GENROBUST_THREADS for the server (default: all cores)")
+    args = ap.parse_args()
+
+    images = _test_images(200)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        (data / "FashionMNIST").mkdir(parents=True)
+        (data / "FashionMNIST" / "raw").symlink_to((REPO / "data" / "FashionMNIST" / "raw").resolve())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")}
+        env.update(GENROBUST_DATA_DIR=str(data), GENROBUST_MODEL_DIR=str(Path(tmp) / "models"))
+        if args.threads:
+            env["GENROBUST_THREADS"] = str(args.threads)
+        server = subprocess.Popen([sys.executable, "-m", "genrobust.cli", "serve", "--port", str(port),
+                                   "--no-access-log"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            import torch
+            print(f"torch {torch.__version__}, {os.cpu_count()} cores, server threads {args.threads or 'all'}; "
+                  f"{args.clients} clients x {args.images} "
+                  f"image(s) per request, K=10, {args.seconds:.0f}s per model")
+            print(f"{'model':<12}{'images/s':>10}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}"
+                  f"{'mean pass ms':>14}")
+            for model in args.models.split(","):
+                r = asyncio.run(_classify_load(url, model, args.clients, images, args.images, args.seconds))
+                print(f"{r['model']:<12}{r['images/s']:>10.0f}{r['requests']:>10}{r['p50 ms']:>9.0f}"
+                      f"{r['p99 ms']:>9.0f}{r['mean batch']:>12.1f}{r['mean pass ms']:>14.1f}")
+            print("\n/attack FGSM (eps 0.1, K=10), one image, sequential requests")
+            for model in args.models.split(","):
+                r = _attack_latency(url, model, images[0])
+                print(f"{r['model']:<12} p50 {r['p50 ms']:.0f} ms  p99 {r['p99 ms']:.0f} ms  "
+                      f"(attack itself {r['attack ms (p50)']:.0f} ms)")
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
