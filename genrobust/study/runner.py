@@ -21,7 +21,7 @@ from tqdm import tqdm
 from genrobust import data
 from genrobust.attacks import Attack, make_attack
 from genrobust.attacks.detector_aware_pgd import DetectorAwarePGD
-from genrobust.detection import (DETECTORS, Detector, detection_rate, detectors_path,
+from genrobust.detection import (DETECTORS, Detection, Detector, detection_rate, detectors_path,
                                  false_positive_rate, fit_detectors, load_detector, roc)
 from genrobust.errors import GenrobustError
 from genrobust.evaluation import batched_logits
@@ -75,15 +75,17 @@ def _detectors(store: ModelStore, name: str, model: LatentClassifier, config: St
     return {d: load_detector(store, name, d, model=model) for d in DETECTORS}
 
 
-def _detection(dets: dict[str, Detector], model: LatentClassifier, clean_logits: torch.Tensor, adv: torch.Tensor,
+def _detection(dets: dict[str, Detector], model: LatentClassifier, clean: dict[str, Detection], adv: torch.Tensor,
                success: list[bool], seed: int) -> dict[str, Any]:
+    """Every detector on the adversarial images (one logits pass shared by all), against its results on
+    the clean test images."""
     samples = next(iter(dets.values())).samples
     adv_logits = batched_logits(model, adv, samples, seed)
     out = {}
     for name, det in dets.items():
-        clean, flagged = det.detect_logits(clean_logits), det.detect_logits(adv_logits)
-        out[name] = {"rate": detection_rate(flagged, success), "fpr": false_positive_rate(clean),
-                     "n_success": int(sum(success)), "roc": roc(clean, flagged, success),
+        flagged = det.detect_logits(adv_logits)
+        out[name] = {"rate": detection_rate(flagged, success), "fpr": false_positive_rate(clean[name]),
+                     "n_success": int(sum(success)), "roc": roc(clean[name], flagged, success),
                      "flagged": flagged.is_adversarial.tolist()}
         out[name]["auc"] = out[name]["roc"]["auc"] if out[name]["roc"] else None
     return out
@@ -135,14 +137,14 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
         det_samples = next(iter(dets.values())).samples if dets else 10
         clean_logits = batched_logits(model, clean_x, det_samples, config.seed + DETECT_SEED_OFFSET,
                                       progress=True, desc=f"{m}: clean test")
+        clean = {d: det.detect_logits(clean_logits) for d, det in dets.items()} if dets else {}
         results["models"][m] = {
             "structure": card.get("structure", model.structure.name), "kind": card.get("kind", model.structure.kind),
             "test_accuracy": _accuracy(card, "test_accuracy"),
             "validation_accuracy": _accuracy(card, "validation_accuracy"),
             "clean_accuracy_here": (clean_logits.argmax(1) == clean_y).double().mean().item(),
             "n_clean": len(clean_y), "detection_applicable": dets is not None,
-            "detection_fpr": ({d: false_positive_rate(det.detect_logits(clean_logits)) for d, det in dets.items()}
-                              if dets else None),
+            "detection_fpr": {d: false_positive_rate(c) for d, c in clean.items()} if dets else None,
         }
         step(f"{m}: detectors")
         results["attacks"][m] = {}
@@ -152,14 +154,14 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
             entry = {**rep.summary(), "cached": hit, "success": rep.per_image["success"],
                      "pred_after": rep.per_image["pred_after"], "pred_before": rep.per_image["pred_before"],
                      "l2": rep.per_image["l2"]}
-            entry["detection"] = (_detection(dets, model, clean_logits, adv, rep.per_image["success"],
+            entry["detection"] = (_detection(dets, model, clean, adv, rep.per_image["success"],
                                              config.seed + DETECT_SEED_OFFSET + 1) if dets else None)
             results["attacks"][m][a] = entry
             advs[a] = adv
             step(f"{m}: {a}")
         results["examples"][m] = figures.examples(m, x, y, advs, results["attacks"][m], out / "figures")
         if m in adaptive_models and dets:
-            results["adaptive"][m] = _adaptive(cache, model, m, card, x, y, dets, clean_logits, config, step)
+            results["adaptive"][m] = _adaptive(cache, model, m, card, x, y, dets, clean, config, step)
         elif m in adaptive_models:
             step(f"{m}: adaptive n/a")
             step(f"{m}: adaptive n/a")
@@ -173,7 +175,7 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
     return results
 
 
-def _adaptive(cache, model, m, card, x, y, dets, clean_logits, config: StudyConfig, step) -> dict[str, Any]:
+def _adaptive(cache, model, m, card, x, y, dets, clean, config: StudyConfig, step) -> dict[str, Any]:
     """Plain PGD and detector-aware PGD with the same budget: success, and how many also evade the
     logit detector."""
     out = {}
@@ -183,7 +185,7 @@ def _adaptive(cache, model, m, card, x, y, dets, clean_logits, config: StudyConf
     for label, attack in (("pgd", make_attack("pgd", plain_params)), ("detector-aware-pgd", DetectorAwarePGD(logit, **params))):
         rep, adv, hit = cached_attack(cache, model, m, card, attack, x, y, config,
                                       extra_key=logit.to_dict() if label != "pgd" else None)
-        det = _detection({"logit": logit}, model, clean_logits, adv, rep.per_image["success"],
+        det = _detection({"logit": logit}, model, clean, adv, rep.per_image["success"],
                          config.seed + DETECT_SEED_OFFSET + 2)["logit"]
         success = torch.tensor(rep.per_image["success"])
         correct = torch.tensor(rep.per_image["correct"])
