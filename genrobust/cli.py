@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--dataset", "dataset", tf, choices=sorted(data.DATASETS))
     opt("--val-samples", "val_samples", tf, type=_positive)
     opt("--test-limit", "test_limit", tf, type=_positive)
+    opt("--kl-warmup", "kl_warmup", tf, type=_nonneg_int)
     opt("--hidden", "hidden", mf, type=_positive)
     opt("--latent-dim", "latent_dim", mf, type=_positive)
     opt("--enc-channels", "enc_channels", mf, type=_channels)

@@ -46,6 +46,9 @@ class TrainConfig(BaseModel):
     test_limit: int | None = Field(None, ge=1, description="Evaluate the card's test accuracy on N images.")
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="Learning rate: constant, or cosine decay from lr to 0 over all epochs.")
+    kl_warmup: int = Field(0, ge=0, le=10_000, description="Epochs over which the KL term's weight rises "
+                                                          "linearly from 0 to 1 (against posterior collapse, "
+                                                          "e.g. for DBX); 0: the plain ELBO throughout.")
 
 
 def _rng_for(seed: int, epoch: int) -> int:
@@ -168,6 +171,11 @@ class Trainer:
                 self.on_epoch(epoch, cfg.epochs)
         return self._finish()
 
+    def _kl_weight(self, epoch: int, fraction: float) -> float:
+        """Linear KL warm-up, a function of (epoch, step) only, so a resumed run repeats it exactly."""
+        w = self.cfg.kl_warmup
+        return 1.0 if w == 0 else min(1.0, (epoch - 1 + fraction) / w)
+
     def _epoch(self, train: data_mod.Data, epoch: int) -> tuple[float, float]:
         cfg, model = self.cfg, self.model
         model.train()
@@ -186,7 +194,7 @@ class Trainer:
                     group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x, y = train.images[idx], train.labels[idx]
-            loss = -model.elbo(x, y).mean()
+            loss = -model.elbo(x, y, kl_weight=self._kl_weight(epoch, step / steps)).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

@@ -99,9 +99,11 @@ class LatentClassifier(nn.Module):
                            dtype=torch.float32)
 
     def log_weights(self, x: torch.Tensor, y: torch.Tensor, samples: int = 1,
-                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                    kl_weight: float = 1.0) -> torch.Tensor:
         """Importance log-weights, shape (N, M, K), for images x (N,1,28,28) and labels y (N, M).
-        ``noise`` (N, 1, K, D) replaces the draw from ``generator``."""
+        ``noise`` (N, 1, K, D) replaces the draw from ``generator``. ``kl_weight`` scales the latent terms
+        log p(z|.) - log q(z|x,y) (training's KL warm-up only; 1 is the true log-weight)."""
         s = self.structure
         N, M, K = x.shape[0], y.shape[1], samples
 
@@ -124,6 +126,8 @@ class LatentClassifier(nn.Module):
             pmu, plogvar = (t.float() for t in self.pz_x(self.pz_conv(x)))  # (N, D)
             log_w = log_w + _gaussian_logpdf(z, pmu[:, None, None], plogvar[:, None, None])
 
+        if kl_weight != 1.0:
+            log_w = kl_weight * log_w
         yk = y[:, :, None].expand(N, M, K)
         if s.y_term == "data":
             log_w = log_w + self.log_prior_y[yk]
@@ -143,9 +147,11 @@ class LatentClassifier(nn.Module):
             log_w = log_w + log_px
         return log_w.float()
 
-    def elbo(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Single-sample ELBO of log p(x, y) per image, shape (N,). (For DFX/DBX: of log p(y|x) + const.)"""
-        return self.log_weights(x, y[:, None], 1, generator)[:, 0, 0]
+    def elbo(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+             kl_weight: float = 1.0) -> torch.Tensor:
+        """Single-sample ELBO of log p(x, y) per image, shape (N,). (For DFX/DBX: of log p(y|x) + const.)
+        ``kl_weight`` < 1 down-weights the KL term (warm-up against posterior collapse)."""
+        return self.log_weights(x, y[:, None], 1, generator, kl_weight=kl_weight)[:, 0, 0]
 
     def logits(self, x: torch.Tensor, samples: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
         """Importance-sampled log p(x, y_c) for every class, shape (N, C); softmax gives p(y|x)."""
