@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 
@@ -71,10 +70,8 @@ def logits_for_requests(model: LatentClassifier, requests: list[tuple[torch.Tens
                   for i in range(0, len(x), EVAL_BATCH)]
         sizes.append(len(x))
     x, eps = torch.cat([x for x, _ in requests]).to(device), torch.cat(noise)
-    classes = torch.arange(model.config.num_classes, device=device).expand(len(x), -1)
     model.eval()
     with torch.inference_mode():
-        out = torch.cat([torch.logsumexp(model.log_weights(x[i:i + batch_size], classes[i:i + batch_size], samples,
-                                                           noise=eps[i:i + batch_size]), -1) - math.log(samples)
+        out = torch.cat([model.logits(x[i:i + batch_size], samples, noise=eps[i:i + batch_size])
                          for i in range(0, len(x), batch_size)])
     return list(out.float().cpu().split(sizes))

@@ -153,12 +153,14 @@ class LatentClassifier(nn.Module):
         ``kl_weight`` < 1 down-weights the KL term (warm-up against posterior collapse)."""
         return self.log_weights(x, y[:, None], 1, generator, kl_weight=kl_weight)[:, 0, 0]
 
-    def logits(self, x: torch.Tensor, samples: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Importance-sampled log p(x, y_c) for every class, shape (N, C); softmax gives p(y|x)."""
+    def logits(self, x: torch.Tensor, samples: int = 10, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Importance-sampled log p(x, y_c) for every class, shape (N, C); softmax gives p(y|x).
+        ``noise`` (N, 1, K, D) replaces the draw from ``generator``."""
         if samples < 1:
             raise GenrobustError(f"samples (K) must be at least 1, got {samples}")
         y = torch.arange(self.config.num_classes, device=x.device).expand(x.shape[0], -1)
-        return torch.logsumexp(self.log_weights(x, y, samples, generator), dim=-1) - math.log(samples)
+        return torch.logsumexp(self.log_weights(x, y, samples, generator, noise), dim=-1) - math.log(samples)
 
     def logits_and_jacobian(self, x: torch.Tensor, samples: int = 10,
                             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
