@@ -1,0 +1,196 @@
+"""The web page in a real browser, in the order a person uses it (one page, shared by the tests): load;
+fmnist-gfz and a gallery image; classify; FGSM with a detector verdict; DFZ vs GFZ; a sweep to 100 %; a bad
+parameter showing the API's message. No console errors anywhere (the one expected 422 resource log of the
+bad-parameter step aside). A screenshot of each state goes to the `shots` folder."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.browser.conftest import new_page
+
+FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+CLASS = re.compile(rf"^({'|'.join(FASHION)}) \(\d\)$")
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    page, errors = new_page(browser, server.url)
+    page.console_errors = errors
+    yield page
+    page.context.close()
+
+
+@pytest.fixture(autouse=True)
+def no_console_errors(page):
+    page.console_errors.clear()
+    yield
+    assert page.console_errors == [], page.console_errors
+
+
+def test_load_pick_gfz_and_gallery_image(page, shots):
+    options = page.locator("#model option").all_inner_texts()
+    assert any(o.startswith("fmnist-gfz — GFZ, generative, test acc 0.85") for o in options), options
+    page.select_option("#model", "fmnist-gfz")
+    page.wait_for_selector("#gallery button >> nth=23")
+    page.locator("#gallery button").nth(0).click()
+    assert "test image 0, true label Boot (9)" in page.inner_text("#current-caption")
+    page.screenshot(path=shots / "1-gallery.png", full_page=True)
+
+
+def test_every_registered_attack_gets_its_form_from_the_schema(page, server):
+    schemas = server.http.get("/openapi.json").json()["components"]["schemas"]
+    specs = {v["properties"]["attack"]["const"]: v for k, v in schemas.items() if k.endswith("Spec")}
+    assert sorted(page.locator("#atk-attack option").all_inner_texts()) == sorted(specs)
+    for name, spec in specs.items():
+        page.select_option("#atk-attack", name)
+        params = schemas[spec["properties"]["params"]["$ref"].split("/")[-1]]["properties"]
+        fields = page.locator("#attack-fields [data-path^='params.']")
+        assert sorted(fields.evaluate_all("els => els.map(e => e.dataset.path)")) == sorted(f"params.{p}" for p in params)
+        for p, prop in params.items():  # defaults filled in, descriptions and limits shown
+            if isinstance(prop.get("default"), (int, float)) and not isinstance(prop["default"], bool):
+                assert float(page.input_value(f"#atk-p-params-{p}")) == prop["default"], (name, p)
+            if prop.get("description"):
+                assert prop["description"] in page.inner_text(f"#atk-p-params-{p}-hint")
+    page.select_option("#atk-attack", "fgsm")
+
+
+def test_classify_shows_prediction_and_log_joint(page, shots):
+    page.click("#classify")
+    pred = page.wait_for_selector("#classify-pred").inner_text()
+    assert CLASS.match(pred), pred
+    assert page.locator("#classify-result .bar").count() == 10
+    page.click("#classify-result summary")  # log p(x, y_c) table
+    assert page.locator("#classify-result table tbody tr").count() == 10
+    page.screenshot(path=shots / "2-classify.png", full_page=True)
+
+
+def test_uploaded_png_and_drawing(page, server, shots, tmp_path):
+    upload = tmp_path / "pullover.png"
+    upload.write_bytes(server.http.get("/datasets/fashion-mnist/test/1.png").content)
+    page.click("[data-source=upload]")
+    page.set_input_files("#upload", str(upload))
+    page.wait_for_function("document.getElementById('current-caption').textContent === 'uploaded pullover.png'")
+    page.click("#classify")
+    assert CLASS.match(page.wait_for_selector("#classify-pred").inner_text())
+    page.click("[data-source=draw]")
+    box = page.locator("#draw").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 40)
+    page.mouse.down()
+    for x, y in ((60, 190), (170, 190), (170, 40)):
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
+    page.mouse.up()
+    page.click("#draw-use")
+    assert page.inner_text("#current-caption") == "drawn image"
+    page.click("#classify")
+    assert CLASS.match(page.wait_for_selector("#classify-pred").inner_text())
+    page.screenshot(path=shots / "2b-drawing.png", full_page=True)
+    page.click("[data-source=gallery]")
+    page.locator("#gallery button").nth(0).click()
+
+
+def test_fgsm_shows_adversarial_prediction_and_detectors(page, shots):
+    page.select_option("#atk-attack", "fgsm")
+    page.fill("#atk-p-params-eps", "0.2")
+    page.click("#attack-run")
+    page.wait_for_selector("#attack-outcome")
+    assert page.locator("#attack-result canvas").count() == 3  # original, adversarial, perturbation
+    assert CLASS.match(page.inner_text("#attack-pred"))
+    text = page.inner_text("#attack-result")
+    assert "‖η‖∞ = 0.200" in text and "perturbation ×" in text
+    rows = page.locator("#attack-result table.detectors tbody tr")
+    assert rows.count() == 3  # logit, marginal, kl
+    assert re.search(r"(flagged|passes) score -?[\d.]+ vs threshold -?[\d.]+", rows.nth(0).inner_text())
+    page.locator("#attack-result").scroll_into_view_if_needed()
+    page.screenshot(path=shots / "3-fgsm.png", full_page=True)
+
+
+def test_compare_dfz_and_gfz(page, shots):
+    page.click("#tab-compare")
+    checked = page.locator("#compare-models input:checked")
+    assert sorted(checked.evaluate_all("els => els.map(e => e.value)")) == ["fmnist-dfz", "fmnist-gfz"]
+    page.fill("#cmp-p-params-eps", "0.15")
+    page.click("#compare-run")
+    for model in ("fmnist-dfz", "fmnist-gfz"):
+        card = page.locator(f".card[data-model='{model}']")
+        card.locator(".outcome").wait_for()
+        assert re.search(r"‖η‖₂ = [\d.]+ · ‖η‖∞ = 0.150", card.inner_text())
+        assert card.locator(".detect-line").inner_text().startswith(("Flagged by", "No detector flags it"))
+    page.screenshot(path=shots / "4-compare.png", full_page=True)
+
+
+def test_small_sweep_reaches_100_percent(page, shots):
+    page.keyboard.press("Escape")
+    page.focus("#tab-compare")
+    page.keyboard.press("ArrowRight")  # keyboard navigation between the tabs
+    assert page.locator("#tab-jobs").get_attribute("aria-selected") == "true"
+    page.fill("#sweep-limit", "10")
+    page.fill("#sweep-chunk_size", "10")
+    page.click("#sweep-run")
+    row = page.locator("#jobs-table tbody tr").first
+    row.locator(".state-succeeded").wait_for(timeout=90_000)
+    assert row.locator(".pct").inner_text().strip() == "100 %"
+    assert row.locator("progress").evaluate("p => p.value") == 1
+    table = page.locator("#job-detail table.reports")
+    table.wait_for()
+    assert "fmnist-gfz" in table.inner_text() and "fgsm" in table.inner_text()
+    page.screenshot(path=shots / "5-sweep.png", full_page=True)
+
+
+def test_study_links_to_its_report(page, server, shots):
+    page.check("#sweep-study")
+    page.fill("#sweep-study_options", '{"clean_limit": 20, "adaptive": false}')
+    page.fill("#sweep-limit", "4")
+    page.fill("#sweep-chunk_size", "")
+    page.click("#sweep-run")
+    row = page.locator("#jobs-table tbody tr").filter(has_text="study").first
+    row.locator(".state-succeeded").wait_for(timeout=90_000)
+    job_id = row.get_attribute("data-job")
+    link = page.locator("#job-detail a", has_text="report.html")
+    assert link.get_attribute("href") == f"/jobs/{job_id}/report/report.html"
+    page.screenshot(path=shots / "6-study.png", full_page=True)
+    report = page.context.new_page()
+    report.on("console", lambda m: m.type == "error" and page.console_errors.append(f"report: {m.text}"))
+    assert report.goto(server.url + link.get_attribute("href")).status == 200
+    figures = report.locator("img")
+    assert figures.count() >= 2  # examples and ROC curves, served from the study's figures/
+    assert all(figures.nth(i).evaluate("i => i.complete && i.naturalWidth > 0") for i in range(figures.count()))
+    report.screenshot(path=shots / "7-study-report.png")
+    report.close()
+    for bad in ("..%2f..%2fservice%2fresults.sqlite", "%2e%2e/%2e%2e/service/results.sqlite", "/etc/passwd",
+                "figures/../../../../etc/passwd", "nothing.html"):
+        r = server.http.get(f"/jobs/{job_id}/report/{bad}")
+        assert r.status_code == 404, (bad, r.status_code, r.text)  # the route's own, or none matched
+    page.uncheck("#sweep-study")
+
+
+def test_bad_parameter_shows_the_api_message(page, shots):
+    page.click("#tab-play")
+    page.fill("#atk-p-params-eps", "5")
+    page.click("#attack-run")
+    error = page.locator("#attack-error")
+    error.wait_for()
+    assert re.fullmatch(r"Error 422: (fgsm\.)?params\.eps: Input should be less than or equal to 1", error.inner_text())
+    field = page.locator("#atk-p-params-eps")
+    assert field.get_attribute("aria-invalid") == "true"
+    page.screenshot(path=shots / "8-bad-parameter.png", full_page=True)
+    page.fill("#atk-p-params-eps", "0.1")  # corrected: the field's complaint goes
+    assert field.get_attribute("aria-invalid") is None
+    page.click("#tab-jobs")
+    page.click("#train-run")  # no structure given: the API's message under the button and the field
+    page.locator("#train-error").wait_for()
+    assert page.locator("#train-error").inner_text().startswith("Error 422: config.structure: ")
+    assert page.locator("#train-config-structure").get_attribute("aria-invalid") == "true"
+    page.screenshot(path=shots / "8b-bad-training.png")
+    # the only console messages: Chromium's logs of the two 422 responses themselves
+    assert len(page.console_errors) == 2 and all("status of 422" in e for e in page.console_errors), page.console_errors
+    page.console_errors.clear()
+
+
+def test_narrow_window(page, shots):
+    page.set_viewport_size({"width": 400, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    page.screenshot(path=shots / "9-narrow.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
