@@ -107,7 +107,11 @@ class AttackResponse(BaseModel):
     linf: list[float] = Field(description="||adversarial - clean||_inf per image.")
     seconds: float = Field(description="Attack time (without the evaluation).")
     queries: list[int] | None = Field(description="Model evaluations per image (black-box attacks).")
-    summary: dict[str, Any] = Field(description="The library's AttackReport without per-image arrays.")
+    p_misclassified: list[float] | None = Field(None, description="Per image, the fraction of R = 10 further fresh "
+                                                                  "evaluations that misclassify the adversarial.")
+    summary: dict[str, Any] = Field(description="The library's AttackReport without per-image arrays "
+                                                "(success_rate from one fresh evaluation; misclassification_"
+                                                "probability and robust_accuracy from R = 10).")
 
 
 class JobAccepted(BaseModel):

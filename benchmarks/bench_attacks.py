@@ -2,7 +2,8 @@
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python benchmarks/bench_attacks.py [--models fmnist-dfz,fmnist-gfz] [--n 200] [--n-slow 50]
-                                                 [--n-zoo 10] [--only FGSM,CW] [--json OUT]
+                                                 [--n-zoo 10] [--n-eot 200] [--eot 20] [--eot-steps 10] [--eot-eps 0.03]
+                                                 [--only FGSM,CW,APGD,AutoAttack,EOT] [--json OUT]
 
 The peers attack the stored model wrapped as a plain logits module (K = 10 importance samples, noise from
 a generator reset to the same seed before each tool runs); genrobust's attacks get the classifier itself
@@ -10,6 +11,13 @@ with the same K and a generator seeded the same way, so FGSM gets the same gradi
 both tools. "model forward" is the time spent inside the wrapped module (peers only). Success is judged for every tool by the same fresh evaluation (independent
 noise, K = 10) over the images classified correctly; quality is success rate and median L2 of the
 successful perturbations. Times are wall seconds in this process, so compare ratios within one run.
+
+Robust metrics (issue 12): every adversarial is also evaluated under R = 10 further fresh draws (the same
+evaluator stream): "robust acc" is the fraction of all n images whose adversarial a strict majority of them
+classify correctly (lower = stronger attack), "p_mis" the mean misclassification probability over the
+correctly classified images. The EOT cases (APGD-CE + EOT against torchattacks' APGD(eot_iter) and EOTPGD,
+autoattack rand against torchattacks' AutoAttack(version='rand')) use the same eps, steps and eot for every
+tool; torchattacks' AutoAttack is given our steps and eot on its two APGD members.
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ from torch import nn
 
 from genrobust import data
 from genrobust.attacks import make_attack
-from genrobust.robustness import EVAL_SEED_OFFSET, predict
+from genrobust import seeding
+from genrobust.robustness import predict, predict_draws
 from genrobust.store import ModelStore
 
 SEED = 0
+EVAL_DRAWS = 10
 
 
 class Wrapped(nn.Module):
@@ -51,12 +61,15 @@ class Wrapped(nn.Module):
 
 
 def judge(model, x, y, adv) -> dict:
-    gen = torch.Generator().manual_seed(SEED + EVAL_SEED_OFFSET)
+    gen = seeding.generator(SEED, "evaluator")  # the stream run_attack judges with
     before, after = predict(model, x, 10, gen), predict(model, adv, 10, gen)
     correct = before == y
     success = correct & (after != y)
     l2 = (adv - x).flatten(1).norm(dim=1)[success]
-    return {"success_rate": (success.sum() / correct.sum().clamp_min(1)).item(),
+    p_wrong = (predict_draws(model, adv, 10, EVAL_DRAWS, gen) != y).float().mean(0)
+    return {"robust_accuracy": (p_wrong < 0.5).float().mean().item(),
+            "p_misclassified": p_wrong[correct].mean().item() if correct.any() else None,
+            "success_rate": (success.sum() / correct.sum().clamp_min(1)).item(),
             "median_l2": float(l2.median()) if len(l2) else None}
 
 
@@ -87,36 +100,60 @@ def art_attack(build):
     return run
 
 
-def cases(n: int, n_slow: int, n_zoo: int):
+def torchattacks_autoattack_rand(m, eps: float, steps: int, eot: int):
+    import torchattacks
+    aa = torchattacks.AutoAttack(m, norm="Linf", eps=eps, version="rand", n_classes=10, seed=SEED)
+    for member in aa._autoattack.attacks:  # its two APGDs get the same budget as ours
+        member.steps, member.eot_iter = steps, eot
+    return aa
+
+
+def cases(args):
     import torchattacks
     from art.attacks.evasion import CarliniL2Method, ZooAttack
+    n, small, n_zoo, n_eot = args.n, args.n_slow, args.n_zoo, args.n_eot
     cw = {"c": 1.0, "kappa": 0.0, "steps": 50, "binary_steps": 3, "lr": 0.01}
     zoo = {"steps": 20, "coords": 64, "c": 10.0, "lr": 0.05, "h": 1e-3}
-    small = n_slow
+    plain = {"accept_draws": 1}  # no robust acceptance: the attack trusts its own single draw
+    eps, steps, eot = args.eot_eps, args.eot_steps, args.eot
+    apgd = {"eps": eps, "norm": "linf", "steps": steps, "loss": "ce"}
     return [
         ("FGSM eps=0.1", n,
          [("genrobust", ours("fgsm", {"eps": 0.1})),
+          ("genrobust, eot=10", ours("fgsm", {"eps": 0.1, "eot": 10})),
           ("torchattacks", torchattacks_attack(lambda m: torchattacks.FGSM(m, eps=0.1)))]),
         ("PGD Linf eps=0.1, 20 steps", n,
          [("genrobust", ours("pgd", {"eps": 0.1, "alpha": 0.01, "steps": 20, "random_start": False})),
           ("torchattacks", torchattacks_attack(
               lambda m: torchattacks.PGD(m, eps=0.1, alpha=0.01, steps=20, random_start=False)))]),
+        (f"APGD-CE Linf eps={eps}, {steps} steps, eot={eot}", n_eot,
+         [("genrobust", ours("apgd", apgd | {"eot": eot})),
+          ("genrobust, eot=1", ours("apgd", apgd)),
+          ("torchattacks APGD(eot_iter)", torchattacks_attack(lambda m: torchattacks.APGD(
+              m, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=SEED, loss="ce", eot_iter=eot))),
+          ("torchattacks EOTPGD", torchattacks_attack(lambda m: torchattacks.EOTPGD(
+              m, eps=eps, alpha=2.5 * eps / steps, steps=steps, eot_iter=eot, random_start=True)))]),
+        (f"AutoAttack rand Linf eps={eps}, {steps} steps, eot={eot}", n_eot,
+         [("genrobust autoattack rand", ours("autoattack", {"version": "rand", "eps": eps, "steps": steps,
+                                                            "eot": eot})),
+          ("torchattacks AutoAttack rand", torchattacks_attack(
+              lambda m: torchattacks_autoattack_rand(m, eps, steps, eot)))]),
         ("DeepFool L2, overshoot 0.02, 50 iter", small,
-         [("genrobust", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50})),
-          ("genrobust, vmapped backward", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50,
-                                                             "jacobian": "vmap"})),
-          ("genrobust, per-class backward loop", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50,
-                                                                    "jacobian": "loop"})),
+         [("genrobust", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50} | plain)),
+          ("genrobust, robust acceptance (default)", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50})),
           ("torchattacks", torchattacks_attack(lambda m: torchattacks.DeepFool(m, steps=50, overshoot=0.02)))]),
-        (f"CW L2, c=1, {cw['binary_steps']}x{cw['steps']} steps", small,
-         [("genrobust", ours("cw", cw)),
+        ("Truncated-DeepFool L2", small,
+         [("genrobust", ours("truncated-deepfool", plain)),
+          ("genrobust, robust acceptance (default)", ours("truncated-deepfool", {}))]),
+        (f"CW L2, c=1, {cw['binary_steps']}x{cw['steps']} steps", args.n_cw or small,
+         [("genrobust", ours("cw", cw | plain)),
+          ("genrobust, robust acceptance (default)", ours("cw", cw)),
           ("ART CarliniL2Method", art_attack(lambda clf: CarliniL2Method(
               clf, confidence=0.0, learning_rate=cw["lr"], binary_search_steps=cw["binary_steps"],
-              max_iter=cw["steps"], initial_const=cw["c"], batch_size=small, verbose=False))),
-          ("torchattacks CW (no binary search)", torchattacks_attack(
-              lambda m: torchattacks.CW(m, c=cw["c"], kappa=0, steps=cw["binary_steps"] * cw["steps"], lr=cw["lr"])))]),
+              max_iter=cw["steps"], initial_const=cw["c"], batch_size=small, verbose=False)))]),
         (f"ZOO, {zoo['steps']} iterations x {zoo['coords']} coords", n_zoo,
-         [("genrobust", ours("zoo", zoo | {"early_stop": False})),
+         [("genrobust", ours("zoo", zoo | plain)),
+          ("genrobust, robust acceptance (default)", ours("zoo", zoo)),
           ("ART ZooAttack", art_attack(lambda clf: ZooAttack(
               clf, confidence=0.0, learning_rate=zoo["lr"], max_iter=zoo["steps"], binary_search_steps=1,
               initial_const=zoo["c"], abort_early=False, use_resize=False, use_importance=False,
@@ -130,16 +167,22 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="images for FGSM and PGD; slower attacks use fewer")
     ap.add_argument("--n-slow", type=int, default=50, help="images for DeepFool and CW")
     ap.add_argument("--n-zoo", type=int, default=10, help="images for ZOO")
+    ap.add_argument("--n-cw", type=int, help="images for CW (default: --n-slow)")
+    ap.add_argument("--n-eot", type=int, default=200, help="images for APGD-CE + EOT and AutoAttack rand")
+    ap.add_argument("--eot", type=int, default=20, help="noise draws per gradient in the EOT cases")
+    ap.add_argument("--eot-steps", type=int, default=10, help="APGD iterations in the EOT cases (torchattacks' default)")
+    ap.add_argument("--eot-eps", type=float, default=0.03, help="L-infinity eps of the EOT cases (at 0.1 DFZ keeps "
+                                                                "no robust image, so every tool ties at 0)")
     ap.add_argument("--only", help="comma-separated case prefixes, e.g. FGSM,ZOO")
     ap.add_argument("--json")
     args = ap.parse_args()
-    test = data.load("fashion-mnist", "test", args.n)
+    test = data.load("fashion-mnist", "test", max(args.n, args.n_slow, args.n_zoo, args.n_eot))
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; first {args.n} test images")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; first n test images of each case")
     for name in args.models.split(","):
         model, _ = ModelStore().load(name)
         wrapped = Wrapped(model)
-        for case, n, tools in cases(args.n, args.n_slow, args.n_zoo):
+        for case, n, tools in cases(args):
             if args.only and not any(case.startswith(p) for p in args.only.split(",")):
                 continue
             x, y = test.images[:n], test.labels[:n]
@@ -157,18 +200,21 @@ def main() -> None:
                 ml2 = "-" if r["median_l2"] is None else f"{r['median_l2']:.3f}"
                 q = "" if queries is None else f"  queries {queries}"
                 fwd = f"{wrapped.model_seconds:6.2f}s" if wrapped.queries else f"{'-':>7}"
-                print(f"{name:<11} {case:<40} {tool:<36} n={n:<4} {seconds:8.2f}s (model forward {fwd})  "
-                      f"success {r['success_rate']:.3f}  median L2 {ml2}{q}", flush=True)
+                print(f"{name:<11} {case:<40} {tool:<40} n={n:<4} {seconds:8.2f}s (model forward {fwd})  "
+                      f"success {r['success_rate']:.3f}  p_mis {r['p_misclassified'] or 0:.3f}  "
+                      f"robust acc {r['robust_accuracy']:.3f}  median L2 {ml2}{q}", flush=True)
             base = rows[-len(tools)]
             for r in rows[-len(tools) + 1:]:
+                if r["tool"].startswith("genrobust"):
+                    continue
                 print(f"{'':<11} {'':<40} speed-up of genrobust over {r['tool']}: "
                       f"{r['seconds'] / base['seconds']:.1f}x", flush=True)
             if case.startswith("FGSM"):
                 diff = (results["genrobust"] - results["torchattacks"]).abs().max().item()
                 print(f"{'':<11} {'':<40} max |genrobust - torchattacks| = {diff:.2e}", flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+            if args.json:  # after every case, so an interrupted run keeps what it measured
+                with open(args.json, "w") as fh:
+                    json.dump(rows, fh, indent=2)
 
 
 if __name__ == "__main__":

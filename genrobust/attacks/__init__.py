@@ -7,16 +7,18 @@ new file is all it takes to add an attack to the library, the CLI and the servic
 import importlib
 import pkgutil
 
-from genrobust.attacks.base import ATTACKS, Attack, AttackOutput, AttackParams, LogitsFn, make_attack, margin
+from genrobust.attacks.base import (ATTACKS, Attack, AttackOutput, AttackParams, LogitsFn, RobustAcceptParams,
+                                   make_attack, margin)
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 # the study's order first, then anything added later
-_ORDER = ["fgsm", "pgd", "deepfool", "truncated-deepfool", "cw", "zoo"]
+_ORDER = ["fgsm", "pgd", "deepfool", "truncated-deepfool", "cw", "zoo", "apgd", "autoattack"]
 _sorted = sorted(ATTACKS.items(), key=lambda kv: (_ORDER.index(kv[0]) if kv[0] in _ORDER else len(_ORDER), kv[0]))
 ATTACKS.clear()
 ATTACKS.update(_sorted)
 
-__all__ = ["ATTACKS", "Attack", "AttackOutput", "AttackParams", "LogitsFn", "make_attack", "margin"]
+__all__ = ["ATTACKS", "Attack", "AttackOutput", "AttackParams", "LogitsFn", "RobustAcceptParams", "make_attack",
+           "margin"]

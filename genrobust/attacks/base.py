@@ -4,13 +4,24 @@ An attack maps (model, images, labels) to adversarial images in [0, 1]. ``model`
 ``torch.nn.Module`` mapping images in [0, 1] to logits, or a genrobust ``LatentClassifier``, whose
 logits are stochastic: the attacker evaluates it with its own noise (a generator seeded from the
 attack's seed), never the evaluator's.
+
+Against a stochastic model every attack takes two defences against luck (both cost nothing on a
+deterministic module, where they collapse to one draw):
+
+- **EOT** (``eot`` = M, Athalye et al. 2018): each gradient or score is of the loss averaged over M
+  independent noise draws. The batch is tiled M times and evaluated as one batch of M·N rows (in
+  memory-bounded chunks of whole rows, never a loop over the M draws).
+- **Robust acceptance** (minimal-perturbation attacks, ``RobustAcceptParams``): an iterate counts as
+  adversarial only when at least ``accept_fraction`` of ``accept_draws`` = R independent draws of the
+  attacker's noise misclassify it, so the attacker no longer keeps points that crossed the boundary by
+  luck. Cost: R forward passes per candidate (an iterate a cheaper test already saw misclassified).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,38 +37,79 @@ ATTACKS: dict[str, type["Attack"]] = {}
 class AttackParams(BaseModel):
     """Parameters every attack shares."""
 
-    model_config = ConfigDict(extra="forbid")
+    # inf/NaN are valid JSON to Python's parser but no valid step, budget or constant
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     samples: int = Field(10, ge=1, le=1000, description="K importance samples for the attacker's own evaluations "
                                                          "of a genrobust classifier (ignored for plain modules).")
+    eot: int = Field(1, ge=1, le=1000, description="M independent noise draws averaged per gradient or score "
+                                                   "(Expectation over Transformation), tiled into one batched "
+                                                   "pass; 1 for deterministic models.")
+
+
+class RobustAcceptParams(AttackParams):
+    """Robust acceptance for minimal-perturbation attacks (defaults measured in BENCHMARKS.md)."""
+
+    accept_draws: int = Field(10, ge=1, le=1000, description="R independent draws of the attacker's noise that "
+                                                             "judge an iterate (1 for deterministic models).")
+    accept_fraction: float = Field(1.0, gt=0.0, le=1.0, description="An iterate is adversarial only when at least "
+                                                                    "this fraction of the R draws misclassify it.")
 
 
 class LogitsFn:
     """The attacker's view of a model: x -> logits, with the attacker's own noise, counting queries.
 
     ``seed`` re-seeds the noise for one call, so two calls with the same seed and batch shape use the same
-    latent draws per row (common random numbers for finite differences)."""
-
-    def __init__(self, model: nn.Module, samples: int, generator: torch.Generator):
-        self.model, self.samples, self.generator = model, samples, generator
-        self.latent = isinstance(model, LatentClassifier)
-        self.queries = 0
-        model.eval()
+    latent draws per row (common random numbers for finite differences). A plain module is deterministic
+    unless it sets ``stochastic = True``; then EOT and robust acceptance re-run it per draw."""
 
     # Large query batches (ZOO sends images x coordinates at once) run in chunks: a latent classifier's
     # pass is (rows x 10 classes x K) decoder passes, and moderate chunks stay in cache (BENCHMARKS.md).
     chunk = 64
+    # Rows per autograd pass of a tiled EOT batch: bounds memory (~3 MB per row at K = 10) while keeping
+    # batches large; a GPU takes far more at once.
+    grad_rows = 512
+    grad_rows_cuda = 8192
+
+    def __init__(self, model: nn.Module, samples: int, generator: torch.Generator, eot: int = 1):
+        self.model, self.samples, self.generator = model, samples, generator
+        self.latent = isinstance(model, LatentClassifier)
+        self.stochastic = self.latent or bool(getattr(model, "stochastic", False))
+        self.eot = eot if self.stochastic else 1
+        self.queries = 0
+        model.eval()
 
     def __call__(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         self.queries += x.shape[0]
         if not self.latent:
             return self.model(x)
-        if seed is None:
-            return self.model.logits(x, self.samples, self.generator)
-        # Re-seeded per chunk: row j of every chunk gets the same noise in calls with the same seed.
-        return torch.cat([self.model.logits(x[i:i + self.chunk], self.samples,
-                                            torch.Generator(device=x.device).manual_seed(seed))
+        gen = self.generator if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+        # All noise drawn up front (exactly what model.logits would draw), then evaluated in chunks.
+        noise = self.model.draw_noise(x.shape[0], self.samples, gen, x.device)
+        if x.shape[0] <= self.chunk or torch.is_grad_enabled():
+            return self.model.logits(x, self.samples, noise=noise)
+        return torch.cat([self.model.logits(x[i:i + self.chunk], self.samples, noise=noise[i:i + self.chunk])
                           for i in range(0, x.shape[0], self.chunk)])
+
+    def draws(self, x: torch.Tensor, m: int | None = None, seed: int | None = None) -> torch.Tensor:
+        """Logits under m independent noise draws (default: eot), shape (m, N, C): one pass over the batch
+        tiled m times (draw-major). A deterministic model is evaluated once, (1, N, C)."""
+        m = (self.eot if m is None else m) if self.stochastic else 1
+        return self(x.repeat(m, *([1] * (x.dim() - 1))), seed).view(m, x.shape[0], -1)
+
+    def fooled_fraction(self, x: torch.Tensor, ref: torch.Tensor, draws: int, targeted: bool = False) -> torch.Tensor:
+        """Fraction of ``draws`` independent draws under which x is misclassified (targeted: classified as
+        ref), shape (N,); 0 or 1 for a deterministic model."""
+        if len(x) == 0:
+            return torch.zeros(0)
+        with torch.no_grad():
+            pred = self.draws(x, draws).argmax(-1)
+        hit = pred == ref if targeted else pred != ref
+        return hit.float().mean(0)
+
+    def row_chunk(self, n: int, device: torch.device) -> int:
+        """Rows of a tiled batch per autograd pass: at least one whole batch of n."""
+        return max(n, self.grad_rows_cuda if device.type == "cuda" else self.grad_rows)
 
     def draw_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
@@ -100,7 +152,8 @@ class Attack(ABC):
         # Tensors an attack creates (buffers, noise) land on the images' device, so CUDA workers need no
         # per-attack device code. (CI has no GPU: the CUDA path is not exercised by the tests.)
         with torch.device(x.device):
-            f = LogitsFn(model, self.params.samples, torch.Generator(device=x.device).manual_seed(seed))
+            f = LogitsFn(model, self.params.samples, torch.Generator(device=x.device).manual_seed(seed),
+                         self.params.eot)
             out = self.run(f, x, y, None if targets is None else targets.to(x.device))
         out.adversarial = out.adversarial.detach().clamp_(0.0, 1.0)
         return out
@@ -108,6 +161,18 @@ class Attack(ABC):
     @abstractmethod
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> AttackOutput:
         """Adversarial images for clean images x with labels y."""
+
+    def accepted(self, f: LogitsFn, x: torch.Tensor, ref: torch.Tensor, targeted: bool = False,
+                 known: torch.Tensor | None = None) -> torch.Tensor:
+        """Robust acceptance (attacks with ``RobustAcceptParams``): is x adversarial under at least
+        accept_fraction of accept_draws fresh draws of the attacker's noise? (N,) bool. ``known``: the
+        verdict of logits the caller already has, which is final for a deterministic model and for R = 1
+        (no extra pass: R = 1 is the plain attack, judged by its own single draw)."""
+        p = self.params
+        if known is not None and (not f.stochastic or p.accept_draws == 1):
+            return known
+        frac = f.fooled_fraction(x, ref, p.accept_draws, targeted)
+        return frac >= p.accept_fraction - 1e-9
 
 
 def make_attack(name: str, params: dict | None = None) -> Attack:
@@ -117,15 +182,44 @@ def make_attack(name: str, params: dict | None = None) -> Attack:
 
 
 def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Z_y - max_{i != y} Z_i. The true class is masked with -inf, not multiplied by (1 - onehot): logits
-    log p(x, y) of generative classifiers are all negative, so a zeroed entry would win the max."""
-    real = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.masked_fill(nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return real - other
+    """Z_y - max_{i != y} Z_i over the last dim (any leading dims). The true class is masked with -inf, not
+    multiplied by (1 - onehot): logits log p(x, y) of generative classifiers are all negative, so a zeroed
+    entry would win the max."""
+    labels = labels.expand(logits.shape[:-1])
+    real = logits.gather(-1, labels[..., None]).squeeze(-1)
+    mask = nn.functional.one_hot(labels, logits.shape[-1]).bool()
+    return real - logits.masked_fill(mask, float("-inf")).amax(-1)
+
+
+def expected_gradient(f: LogitsFn, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      m: int | None = None, batch_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """EOT gradient: d/dx of sum_i mean_draws loss_fn(logits, idx) over m independent draws (default eot),
+    and the logits (m, N, C). ``loss_fn(logits_rows, idx)`` gives one loss per row of the tiled batch; idx
+    are the rows' image indices (to pick labels). Rows are processed in chunks of whole rows.
+    ``batch_mean`` also divides by N: for sign or normalised steps the scale is irrelevant, and at eot = 1
+    the gradient is then bit-identical to a batch-mean loss such as torchattacks uses."""
+    n = x.shape[0]
+    m = (f.eot if m is None else m) if f.stochastic else 1
+    scale = m * n if batch_mean else m
+    x = x.detach()
+    rows = m * n
+    step = f.row_chunk(n, x.device)
+    noise = f.model.draw_noise(rows, f.samples, f.generator, x.device) if f.latent else None
+    grad = torch.zeros_like(x)
+    logits_out = []
+    for s in range(0, rows, step):
+        idx = torch.arange(s, min(s + step, rows)) % n
+        xr = x[idx].requires_grad_(True)
+        f.queries += len(idx)
+        logits = f.model.logits(xr, f.samples, noise=noise[s:s + step]) if f.latent else f.model(xr)
+        (g,) = torch.autograd.grad(loss_fn(logits, idx).sum() / scale, xr)
+        grad.index_add_(0, idx, g)
+        logits_out.append(logits.detach())
+    return grad, torch.cat(logits_out).view(m, n, -1)
 
 
 def input_gradient(f: LogitsFn, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of loss_fn(logits) (summed over the batch) with respect to x, and the logits."""
+    """Gradient of loss_fn(logits) (summed over the batch) with respect to x, and the logits (one draw)."""
     x = x.detach().requires_grad_(True)
     logits = f(x)
     (grad,) = torch.autograd.grad(loss_fn(logits).sum(), x)

@@ -4,8 +4,14 @@ for every norm through the dual norm q = p / (p - 1).
 Per iteration, for every class k other than the true one y: w_k = grad f_k - grad f_y, d_k = f_k - f_y on
 the logits; l = argmin_k |d_k| / ||w_k||_q; step r = |d_l| / ||w_l||_q^q * |w_l|^(q-1) * sign(w_l), the
 smallest L_p step onto the linearised boundary (q = 1 for p = inf gives |d_l| / ||w_l||_1 * sign(w_l)).
-Steps accumulate until the label changes; the final perturbation is (1 + overshoot) times their sum.
-All images and all classes are processed together; images stop individually.
+Steps accumulate until the image is adversarial; the final perturbation is (1 + overshoot) times their
+sum. All images and all classes are processed together; images stop individually.
+
+Against a stochastic model: with ``eot`` = M the logits and their gradients are averaged over M draws
+(DeepFool linearises the expected logits), and an image stops only when robust acceptance holds (at least
+``accept_fraction`` of ``accept_draws`` fresh draws of the attacker's noise misclassify it; checked only
+for images the averaged logits already misclassify). Until then the step keeps pushing along the chosen
+class's direction, which roughly doubles a small margin per iteration.
 
     >>> adv = make_attack("deepfool", {"p": 2, "overshoot": 0.02})(model, images, labels).adversarial
     >>> adv_inf = make_attack("deepfool", {"p": "inf"})(model, images, labels).adversarial
@@ -19,13 +25,14 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from genrobust.attacks.base import Attack, AttackOutput, AttackParams, LogitsFn
+from genrobust.attacks.base import Attack, AttackOutput, LogitsFn, RobustAcceptParams
 
 TINY = 1e-12
 
 
-class DeepFoolParams(AttackParams):
-    p: float = Field(2.0, gt=1.0, description="The L_p norm to minimise, p > 1; 'inf' for L-infinity.")
+class DeepFoolParams(RobustAcceptParams):
+    p: float = Field(2.0, gt=1.0, allow_inf_nan=True,  # inf is L-infinity; nan fails gt
+                     description="The L_p norm to minimise, p > 1; 'inf' for L-infinity.")
     overshoot: float = Field(0.02, ge=0.0, le=10.0, description="Final perturbation is (1 + overshoot) x the sum.")
     max_iter: int = Field(50, ge=1, le=10_000)
     jacobian: Literal["auto", "vmap", "loop"] = Field(
@@ -40,8 +47,21 @@ class DeepFoolParams(AttackParams):
 
 
 def class_jacobian(f: LogitsFn, x: torch.Tensor, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (n, C) and their gradients for every class, (n, C, D), with one noise draw per image (so a
-    stochastic model's noise is the same for all classes)."""
+    """Logits (n, C) and their gradients for every class, (n, C, D), averaged over f.eot noise draws per
+    image (the batch tiled, in chunks of whole rows; each draw's noise is shared by all classes)."""
+    n = x.shape[0]
+    m = f.eot if f.stochastic else 1
+    if m == 1:
+        return _class_jacobian(f, x, mode)
+    xt = x.repeat(m, *([1] * (x.dim() - 1)))
+    # the latent path replicates every row once per class, so a chunk holds fewer rows
+    step = max(n, f.row_chunk(n, x.device) // (10 if f.latent and mode == "auto" else 1))
+    parts = [_class_jacobian(f, xt[s:s + step], mode) for s in range(0, len(xt), step)]
+    logits, jac = (torch.cat(t) for t in zip(*parts))
+    return logits.view(m, n, -1).mean(0), jac.view(m, n, *jac.shape[1:]).mean(0)
+
+
+def _class_jacobian(f: LogitsFn, x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     if mode == "auto" and f.latent:
         f.queries += x.shape[0]
         return f.model.logits_and_jacobian(x, f.samples, f.generator)
@@ -90,6 +110,10 @@ class DeepFool(Attack):
             logits, jac = class_jacobian(f, xa, p.jacobian)
             ya = y[active]
             still = logits.argmax(1) == ya
+            # robust acceptance, only for the images the (averaged) logits already misclassify
+            crossed = (~still).nonzero().squeeze(1)
+            if len(crossed):
+                still[crossed] = ~self.accepted(f, xa[crossed], ya[crossed], known=~still[crossed])
             if not still.any():
                 break
             logits, jac, ya, idx = logits[still], jac[still], ya[still], active[still]

@@ -42,11 +42,12 @@ class DetectorAwarePGD(PGD, register=False):
     def _hinge_terms(self, logits: torch.Tensor) -> torch.Tensor:
         pred = logits.argmax(1)
         log_joint = logits.gather(1, pred[:, None]).squeeze(1)
-        return (self.threshold[pred] - log_joint) / self.sigma[pred]  # > 0: detected
+        threshold, sigma = self.threshold.to(logits.device), self.sigma.to(logits.device)
+        return (threshold[pred] - log_joint) / sigma[pred]  # > 0: detected
 
     def loss(self, logits, y):
         hinge = F.relu(self._hinge_terms(logits) + self.params.kappa)
-        return F.cross_entropy(logits, y) - self.params.lam * hinge.mean()
+        return F.cross_entropy(logits, y, reduction="none") - self.params.lam * hinge
 
     def _good(self, logits, y):
         return (logits.argmax(1) != y) & (self._hinge_terms(logits) < 0)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from genrobust.attacks.base import Attack, AttackOutput, AttackParams, LogitsFn, input_gradient
+from genrobust.attacks.base import Attack, AttackOutput, AttackParams, LogitsFn, expected_gradient
 
 
 class FGSMParams(AttackParams):
@@ -16,14 +16,15 @@ class FGSMParams(AttackParams):
 
 
 class FGSM(Attack):
-    """x + eps * sign(grad_x CE(logits, y)), clipped to [0, 1]."""
+    """x + eps * sign(grad_x E[CE(logits, y)]), clipped to [0, 1] (expectation over the eot draws)."""
 
     name = "fgsm"
     Params = FGSMParams
     norm = "linf"
 
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
-        # batch-mean loss, as torchattacks uses: the same gradient up to a positive scale, so the same
-        # signs, and bit-identical results to the peer given the same noise (BENCHMARKS.md)
-        grad, _ = input_gradient(f, x, lambda z: F.cross_entropy(z, y))
+        # expected CE over the eot draws, as a batch mean: at eot = 1 exactly torchattacks' gradient, so
+        # bit-identical results given the same noise (BENCHMARKS.md)
+        grad, _ = expected_gradient(f, x, lambda z, i: F.cross_entropy(z, y[i], reduction="none"),
+                                    batch_mean=True)
         return AttackOutput((x + self.params.eps * grad.sign()).clamp(0.0, 1.0))

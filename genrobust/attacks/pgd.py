@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from genrobust.attacks.base import Attack, AttackOutput, AttackParams, LogitsFn, input_gradient
+from genrobust.attacks.base import Attack, AttackOutput, AttackParams, LogitsFn, expected_gradient
 
 TINY = 1e-12
 
@@ -27,7 +27,7 @@ def _l2(v: torch.Tensor) -> torch.Tensor:
 
 
 class PGD(Attack):
-    """Gradient ascent on CE(logits, y), projected after every step onto the eps-ball around x and [0, 1]."""
+    """Gradient ascent on the expected CE(logits, y) over the eot draws, projected after every step onto the eps-ball around x and [0, 1]."""
 
     name = "pgd"
     Params = PGDParams
@@ -39,8 +39,8 @@ class PGD(Attack):
         return delta * (eps / _l2(delta)).clamp(max=1.0)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """What the attack ascends: CE as a batch mean, as peers use (the sign step ignores the scale)."""
-        return F.cross_entropy(logits, y)
+        """What the attack ascends, per row (one image under one noise draw); EOT averages it over draws."""
+        return F.cross_entropy(logits, y, reduction="none")
 
     def keep(self, x_adv: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, best):
         """Hook to remember good iterates (``best`` starts as None); plain PGD returns its last one."""
@@ -59,8 +59,8 @@ class PGD(Attack):
         delta = (x + delta).clamp(0, 1) - x
         best = None
         for _ in range(p.steps):
-            grad, logits = input_gradient(f, x + delta, lambda z: self.loss(z, y))
-            best = self.keep(x + delta, logits, y, best)
+            grad, logits = expected_gradient(f, x + delta, lambda z, i: self.loss(z, y[i]), batch_mean=True)
+            best = self.keep(x + delta, logits[0], y, best)
             step = grad.sign() if p.norm == "linf" else grad / _l2(grad)
             delta = self.project(delta + p.alpha * step)
             delta = (x + delta).clamp(0, 1) - x

@@ -2,8 +2,9 @@
 
 The study names it as its own DeepFool variant that finds smaller perturbations. Our definition: run
 DeepFool to get eta, then bisect on t in (0, 1] for the smallest t at which clip(x + t * eta) is still
-misclassified (judged with the attacker's own noise). This cuts back the overshoot and the zig-zag of
-the iterations; ||t * eta|| <= ||eta|| by construction. Cost: ``bisection_steps`` extra forward passes.
+misclassified (judged with the attacker's own noise, by robust acceptance: at least accept_fraction of
+accept_draws draws). This cuts back the overshoot and the zig-zag of
+the iterations; ||t * eta|| <= ||eta|| by construction. Cost: ``bisection_steps`` x accept_draws extra forward passes.
 
     >>> adv = make_attack("truncated-deepfool", {"p": 2, "bisection_steps": 10})(model, images, labels).adversarial
 """
@@ -29,12 +30,12 @@ class TruncatedDeepFool(DeepFool):
         eta = self.deepfool(f, x, y)
         shape = (-1, 1, 1, 1)
         with torch.no_grad():
-            fooled = f((x + eta).clamp(0, 1)).argmax(1) != y
+            fooled = self.accepted(f, (x + eta).clamp(0, 1), y)
             lo = torch.zeros(len(x))  # not misclassified at lo (t = 0 is the clean image)
             hi = torch.ones(len(x))  # misclassified at hi
             for _ in range(self.params.bisection_steps):
                 mid = (lo + hi) / 2
-                adv = f((x + mid.view(shape) * eta).clamp(0, 1)).argmax(1) != y
+                adv = self.accepted(f, (x + mid.view(shape) * eta).clamp(0, 1), y)
                 hi = torch.where(adv, mid, hi)
                 lo = torch.where(adv, lo, mid)
         t = torch.where(fooled, hi, torch.ones_like(hi))  # images DeepFool did not fool keep their eta

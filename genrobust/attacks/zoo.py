@@ -9,6 +9,11 @@ coordinates of one iteration go to the model in two batched calls (the + and the
 same noise seed so each pair differs only by the perturbation. Every image passed to the model counts as
 one query.
 
+Against a stochastic model: with ``eot`` = M every finite-difference score is the hinge averaged over M
+draws (the + and - sides share each draw's noise; M times the queries), and a new point is accepted only
+under robust acceptance: a single-draw check, then ``accept_draws`` more queries for the images it saw
+adversarial, of which at least ``accept_fraction`` must be misclassified.
+
     >>> out = make_attack("zoo", {"steps": 100, "coords": 64})(model, images, labels)
     >>> out.adversarial, out.queries
 """
@@ -17,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from genrobust.attacks.base import Attack, AttackOutput, AttackParams, LogitsFn, margin
+from genrobust.attacks.base import Attack, AttackOutput, LogitsFn, RobustAcceptParams, margin
 
 
-class ZOOParams(AttackParams):
+class ZOOParams(RobustAcceptParams):
     c: float = Field(10.0, gt=0.0, description="Weight of the adversarial loss against ||x - x0||^2.")
     kappa: float = Field(0.0, ge=0.0, description="Confidence margin on log-probabilities.")
-    steps: int = Field(100, ge=1, le=100_000, description="Iterations; each costs 2 * coords + 1 queries per image.")
+    steps: int = Field(100, ge=1, le=100_000, description="Iterations; each costs 2 * coords * eot + 1 queries per image "
+                                                          "(+ accept_draws when the single-draw check succeeds).")
     coords: int = Field(64, ge=1, le=784, description="Coordinates estimated per image per iteration.")
     h: float = Field(1e-3, gt=0.0, le=0.5, description="Finite-difference step.")
     lr: float = Field(0.05, gt=0.0, le=10.0, description="Coordinate-wise Adam step size.")
@@ -52,10 +58,12 @@ class ZOO(Attack):
         done = torch.zeros(N, dtype=torch.bool)
         best = x0.clone()
 
-        def scores(batch: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tensor:
-            """sign * margin of the log-probabilities (no clamp): < 0 means adversarial."""
-            logp = F.log_softmax(f(batch.view(-1, *x.shape[1:]), seed=seed), dim=-1)
-            return sign * margin(logp, labels)
+        def scores(batch: torch.Tensor, labels: torch.Tensor, seed: int, m: int = 1) -> torch.Tensor:
+            """sign * margin of the log-probabilities: < 0 means adversarial. With m > 1, the hinge
+            max(score, -kappa) averaged over m draws (the expected loss EOT differentiates)."""
+            logp = F.log_softmax(f.draws(batch.view(-1, *x.shape[1:]), m, seed=seed), dim=-1)
+            score = sign * margin(logp, labels)
+            return score[0] if score.shape[0] == 1 else score.clamp(min=-p.kappa).mean(0)
 
         with torch.no_grad():
             for _ in range(p.steps):
@@ -73,8 +81,8 @@ class ZOO(Attack):
                 minus[rows, sel, coords] -= p.h
                 labels = ref[act].repeat_interleave(k)
                 seed = f.draw_seed()
-                fp = scores(plus.reshape(n * k, D), labels, seed).clamp(min=-p.kappa).view(n, k)
-                fm = scores(minus.reshape(n * k, D), labels, seed).clamp(min=-p.kappa).view(n, k)
+                fp = scores(plus.reshape(n * k, D), labels, seed, f.eot).clamp(min=-p.kappa).view(n, k)
+                fm = scores(minus.reshape(n * k, D), labels, seed, f.eot).clamp(min=-p.kappa).view(n, k)
                 # the L2 term's gradient is known exactly; only f needs the model
                 l2_grad = 2 * (cur.gather(1, coords) - x0[act].gather(1, coords))
                 g = l2_grad + p.c * (fp - fm) / (2 * p.h)
@@ -90,8 +98,14 @@ class ZOO(Attack):
                 # check the new point (one query per image)
                 score = scores(xa[act], ref[act], f.draw_seed())
                 success = score < -p.kappa if p.kappa > 0 else score < 0
-                queries[act] += 2 * k + 1
-                hit = act[success]
+                queries[act] += 2 * k * f.eot + 1
+                cand = act[success]
+                if f.stochastic and p.accept_draws > 1 and len(cand):  # robust acceptance of the candidates
+                    queries[cand] += p.accept_draws
+                    ok = self.accepted(f, xa[cand].view(-1, *x.shape[1:]), ref[cand], targets is not None)
+                else:
+                    ok = torch.ones(len(cand), dtype=torch.bool)
+                hit = cand[ok]
                 best[hit] = xa[hit]
                 if p.early_stop:
                     done[hit] = True

@@ -1,0 +1,249 @@
+"""EOT, robust acceptance, APGD, the autoattack ensemble and the robust success metric (tiny, CPU)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrobust.attacks import ATTACKS, Attack, AttackOutput, make_attack
+from genrobust.attacks.apgd import checkpoints
+from genrobust.attacks.autoattack import AutoAttack
+from genrobust.attacks.base import LogitsFn, expected_gradient
+from genrobust.errors import GenrobustError
+from genrobust.robustness import attack_cost, merge_reports, run_attack
+from tests.conftest import tiny_model
+from tests.test_attacks import Linear, _labels, _points
+
+
+def test_eot_gradient_is_the_mean_of_single_draw_gradients():
+    model = tiny_model("GFZ").eval()
+    x, y = _points(5), torch.arange(5)
+    M, K = 4, 2
+    f = LogitsFn(model, K, torch.Generator().manual_seed(7), eot=M)
+    f.grad_rows = 6  # force several chunks across the tiled batch
+    grad, logits = expected_gradient(f, x, lambda z, i: F.cross_entropy(z, y[i], reduction="none"))
+    # the same noise, drawn as EOT draws it (one (M*N) draw, draw-major), then one pass per draw
+    noise = model.draw_noise(M * 5, K, torch.Generator().manual_seed(7))
+    singles, single_logits = [], []
+    for m in range(M):
+        xr = x.clone().requires_grad_(True)
+        z = model.logits(xr, K, noise=noise[m * 5:(m + 1) * 5])
+        singles.append(torch.autograd.grad(F.cross_entropy(z, y, reduction="none").sum(), xr)[0])
+        single_logits.append(z.detach())
+    torch.testing.assert_close(grad, torch.stack(singles).mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits, torch.stack(single_logits), rtol=1e-5, atol=1e-5)
+    assert f.queries == M * 5
+
+
+def test_eot_collapses_to_one_pass_on_a_deterministic_module():
+    model = Linear()
+    x = _points(4)
+    f = LogitsFn(model, 10, torch.Generator().manual_seed(0), eot=20)
+    grad, logits = expected_gradient(f, x, lambda z, i: z[:, 0])
+    assert logits.shape == (1, 4, 10) and f.queries == 4
+    torch.testing.assert_close(grad, model.w[0].detach().view(1, 1, 28, 28).expand(4, -1, -1, -1))
+
+
+class CoinFlip(nn.Module):
+    """A stochastic 10-class model with controlled noise: class 1 beats the true class 0 with probability
+    equal to the image's first pixel, drawn from the module's own seeded generator."""
+
+    stochastic = True
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.gen = torch.Generator().manual_seed(seed)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        p = x.flatten(1)[:, 0]
+        flip = torch.rand(len(x), generator=self.gen) < p
+        z = torch.full((len(x), 10), -10.0)
+        z[:, 0] = 0.0
+        z[:, 1] = torch.where(flip, 1.0, -1.0)
+        return z
+
+
+def test_robust_acceptance_rejects_an_iterate_only_some_draws_misclassify():
+    x = torch.zeros(3, 1, 28, 28)
+    x[0, 0, 0, 0], x[1, 0, 0, 0], x[2, 0, 0, 0] = 0.5, 1.0, 0.0  # half the draws / every draw / none
+    y = torch.zeros(3, dtype=torch.long)
+    f = LogitsFn(CoinFlip(), 1, torch.Generator().manual_seed(0))
+    frac = f.fooled_fraction(x, y, draws=200)
+    assert 0.35 < frac[0] < 0.65 and frac[1] == 1.0 and frac[2] == 0.0
+    strict = make_attack("deepfool", {"accept_draws": 50, "accept_fraction": 0.9})
+    assert strict.accepted(f, x, y).tolist() == [False, True, False]
+    # a single lucky draw is what the plain attack accepts: over repeated tests x[0] gets through
+    lax = make_attack("deepfool", {"accept_draws": 1})
+    assert any(lax.accepted(f, x[:1], y[:1]).item() for _ in range(20))
+
+
+def test_robust_acceptance_costs_nothing_on_a_deterministic_module():
+    class Counting(Linear):
+        calls = 0
+
+        def forward(self, x):
+            type(self).calls += len(x)
+            return super().forward(x)
+
+    model = Counting(shift=-500.0)
+    x = _points(6)
+    y = _labels(model, x)
+    counts, advs = [], []
+    for R in (1, 25):
+        Counting.calls = 0
+        advs.append(make_attack("cw", {"steps": 10, "binary_steps": 2, "accept_draws": R})(model, x, y).adversarial)
+        counts.append(Counting.calls)
+    assert counts[0] == counts[1] and torch.equal(advs[0], advs[1])
+
+
+def test_cw_with_robust_acceptance_returns_robust_adversarials():
+    """Under CoinFlip-like noise, CW keeps only iterates most draws misclassify (tiny latent model)."""
+    model = tiny_model("GFZ")
+    x = _points(8, seed=2)
+    with torch.no_grad():
+        y = model.eval().logits(x, 10, torch.Generator().manual_seed(0)).argmax(1)
+    params = {"steps": 30, "binary_steps": 3, "lr": 0.05, "samples": 1}
+    strict = make_attack("cw", params | {"accept_draws": 20, "accept_fraction": 0.9})
+    adv = strict(model, x, y, seed=1).adversarial
+    changed = (adv - x).flatten(1).norm(dim=1) > 0
+    f = LogitsFn(model, 1, torch.Generator().manual_seed(99))  # draws independent of the attacker's
+    assert changed.any()
+    assert (f.fooled_fraction(adv[changed], y[changed], draws=200) > 0.7).all()
+
+
+class Affine(nn.Module):
+    """Logit 1 - logit 0 = w.x + b; every other class far below: the minimal distance to the boundary is
+    |w.x + b| / ||w||_1 (L-infinity) or / ||w||_2 (L2) while the box does not bind."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(784, generator=g) * 0.01
+
+    def forward(self, x):
+        d = x.flatten(1) @ self.w - 0.5 * self.w.sum() + 0.05  # ~0.05 at the box's centre
+        z = torch.full((len(x), 10), -1000.0)
+        z[:, 0], z[:, 1] = -d / 2, d / 2
+        return z
+
+
+@pytest.mark.parametrize("norm, loss", [("linf", "ce"), ("linf", "dlr"), ("l2", "ce"), ("l2", "dlr")])
+def test_apgd_reaches_the_minimal_eps_of_a_linear_model_and_stays_in_the_ball(norm, loss):
+    model = Affine(seed=3)
+    x = _points(6, seed=4, lo=0.45, hi=0.55)
+    y = _labels(model, x)
+    with torch.no_grad():
+        d = model(x)[:, 1] - model(x)[:, 0]
+    dual = model.w.abs().sum() if norm == "linf" else model.w.norm()
+    eps_min = d.abs() / dual
+    assert (eps_min < (0.2 if norm == "linf" else 3.0)).all()  # small enough that the box stays far
+    for factor, fooled in ((1.03, True), (0.97, False)):
+        eps = factor * eps_min
+        for i in range(6):
+            xi, yi = x[i:i + 1], y[i:i + 1]
+            params = {"eps": eps[i].item(), "norm": norm, "loss": loss, "steps": 50}
+            adv = make_attack("apgd", params)(model, xi, yi).adversarial
+            delta = (adv - xi).flatten()
+            assert (delta.abs().max() if norm == "linf" else delta.norm()) <= eps[i] * (1 + 1e-5) + 1e-7
+            assert adv.min() >= 0 and adv.max() <= 1
+            assert (_labels(model, adv) != yi).item() == fooled
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_autoattack_keeps_per_image_the_first_attack_that_fools_it(monkeypatch):
+    calls = []
+
+    class Fake:
+        def __init__(self, value, fools):
+            self.value, self.fools = value, fools
+
+        def attack(self, f, x, y):
+            calls.append(y.tolist())
+            fooled = torch.tensor([int(label) in self.fools for label in y])
+            return torch.full_like(x, self.value), fooled
+
+    monkeypatch.setattr(AutoAttack, "sequence", lambda self: [Fake(0.1, {0, 2}), Fake(0.2, {0, 1, 3}), Fake(0.3, set())])
+    x, y = torch.zeros(5, 1, 28, 28), torch.arange(5)  # label i identifies image i
+    adv = make_attack("autoattack", {"eps": 1.0})(Linear(), x, y).adversarial
+    assert calls == [[0, 1, 2, 3, 4], [1, 3, 4], [4]]  # later attacks see only the still-robust images
+    assert adv.flatten(1)[:, 0].tolist() == pytest.approx([0.1, 0.2, 0.1, 0.2, 0.3])
+
+
+def test_autoattack_versions_and_real_run():
+    rand = make_attack("autoattack", {"version": "rand"})
+    assert rand.params.eot == 20 and rand.params.restarts == 1
+    assert [a.params.loss for a in rand.sequence()] == ["ce", "dlr"]
+    assert all(a.params.eot == 20 for a in rand.sequence())
+    assert make_attack("autoattack", {"version": "rand", "eot": 3}).params.eot == 3
+    assert make_attack("autoattack").params.eot == 1
+    assert attack_cost(rand) > attack_cost(make_attack("autoattack"))
+    model = tiny_model("GFZ")
+    x = _points(4)
+    out = make_attack("autoattack", {"version": "rand", "eot": 2, "steps": 3, "samples": 1})(model, x, torch.arange(4))
+    assert (out.adversarial - x).abs().max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("fgsm", {"eot": 0}, "eot"), ("pgd", {"eot": 1001}, "eot"), ("deepfool", {"accept_draws": 0}, "accept_draws"),
+    ("cw", {"accept_fraction": 0}, "accept_fraction"), ("zoo", {"accept_fraction": 1.5}, "accept_fraction"),
+    ("truncated-deepfool", {"accept_draws": "many"}, "accept_draws"), ("apgd", {"eps": -0.1}, "eps"),
+    ("apgd", {"loss": "hinge"}, "loss"), ("apgd", {"norm": "l1"}, "norm"), ("apgd", {"restarts": 0}, "restarts"),
+    ("apgd", {"steps": 0}, "steps"), ("autoattack", {"version": "plus"}, "version"),
+    ("autoattack", {"eot": 0}, "eot"), ("autoattack", {"restarts": -1}, "restarts"),
+    ("autoattack", {"loss": "dlr"}, "loss"),
+])
+def test_new_parameters_reject_bad_values_clearly(name, params, message):
+    with pytest.raises(GenrobustError, match=f"invalid parameters for {name}: {message}"):
+        make_attack(name, params)
+
+
+def test_every_attack_has_eot_and_the_minimal_ones_robust_acceptance():
+    for name, cls in ATTACKS.items():
+        assert "eot" in cls.Params.model_fields, name
+    for name in ("deepfool", "truncated-deepfool", "cw", "zoo"):
+        assert {"accept_draws", "accept_fraction"} <= set(ATTACKS[name].Params.model_fields)
+
+
+class Identity(Attack, register=False):
+    name = "identity"
+
+    def run(self, f, x, y, targets):
+        return AttackOutput(x.clone())
+
+
+def test_robust_metrics_by_hand_and_through_a_merge():
+    """p_misclassified from R fresh draws of CoinFlip; robust accuracy = strict majority correct."""
+    x = torch.zeros(4, 1, 28, 28)
+    x[1, 0, 0, 0] = 1.0  # every draw flips image 1 to class 1; none flips the others
+    y = torch.zeros(4, dtype=torch.long)
+    model = CoinFlip()
+    identity = Identity()
+    report, _ = run_attack(model, identity, x, y, eval_draws=16)
+    pm = report.per_image["p_misclassified"]
+    assert pm[1] == 1.0 and pm[0] == pm[2] == pm[3] == 0.0
+    assert report.robust_accuracy == 0.75 and report.eval_draws == 16
+    correct = report.per_image["correct"]
+    assert report.misclassification_probability == pytest.approx(
+        sum(p for p, c in zip(pm, correct) if c) / sum(correct))
+    a, _ = run_attack(model, identity, x[:2], y[:2], eval_draws=16)
+    b, _ = run_attack(model, identity, x[2:], y[2:], eval_draws=16)
+    merged = merge_reports([a, b], seed=0)
+    assert merged.per_image["p_misclassified"] == a.per_image["p_misclassified"] + b.per_image["p_misclassified"]
+    assert merged.robust_accuracy == pytest.approx(0.75) and merged.eval_draws == 16
+    with pytest.raises(GenrobustError, match="eval draws"):
+        run_attack(model, identity, x, y, eval_draws=0)
+
+
+def test_robust_metric_on_a_latent_model_is_a_probability():
+    model = tiny_model("GFZ")
+    x = _points(6)
+    report, _ = run_attack(model, make_attack("fgsm", {"samples": 1}), x, torch.arange(6), eval_samples=1,
+                           eval_draws=8)
+    pm = torch.tensor(report.per_image["p_misclassified"])
+    assert ((pm >= 0) & (pm <= 1)).all() and ((pm * 8).round() == pm * 8).all()
+    assert report.robust_accuracy == pytest.approx((pm < 0.5).float().mean().item())
