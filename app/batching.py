@@ -4,11 +4,19 @@ forward pass per (model, K) on a single inference thread.
 Each request keeps its own seeded noise (genrobust.evaluation.logits_for_requests), so its answer does not
 depend on what it was batched with. While one batch runs, the next accumulates, so under load batches
 grow by themselves and the wait only matters when traffic is light.
+
+Backpressure: the images admitted (waiting or in the running pass) are bounded, by count
+(GENROBUST_CLASSIFY_QUEUE_IMAGES) and by the wait they imply (GENROBUST_CLASSIFY_MAX_WAIT_MS, estimated from
+recent passes). Images are counted at K = 10: an image asked for at K = 100 is ten times the work, and
+counts as ten. A request over either bound raises ``Overloaded`` at once (503 + Retry-After): under overload
+the service answers what it can serve within the bound and refuses the rest, instead of letting every
+request's latency grow without limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +26,10 @@ from itertools import groupby
 import torch
 
 log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The service cannot take this work now; the message names the setting that bounds it (503)."""
 
 
 @dataclass
@@ -36,12 +48,58 @@ class BatchInfo:
 
 
 class Batcher:
-    def __init__(self, run, wait_s: float, max_images: int):
+    def __init__(self, run, wait_s: float, max_images: int, queue_images: int = 10**9, max_wait_s: float = 0.0,
+                 timeout_s: float = 3600.0):
         """``run(model, samples, [(images, seed), ...]) -> [logits, ...]`` computes one group."""
         self.run, self.wait_s, self.max_images = run, wait_s, max_images
+        self.queue_images, self.max_wait_s, self.timeout_s = queue_images, max_wait_s, timeout_s
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="genrobust-infer")
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task | None = None
+        self.pending = 0.0  # images (at K = 10) admitted and not answered yet (changed on the event loop only)
+        self.seconds_per_image: float | None = None  # at K = 10; moving average over recent passes
+        # Requests between arrival and response (body reading, JSON parsing, the pass, serialising): under
+        # overload the time goes there as much as into the pass, so the wait is also bounded by Little's law
+        # from their count and the rate at which responses recently left.
+        self.in_flight = 0
+        self._answered: collections.deque[float] = collections.deque(maxlen=512)
+
+    def expected_wait(self, images: float = 0) -> float:
+        """Seconds until ``images`` more would be served, if admitted now (0 before the first pass)."""
+        return (self.pending + images) * (self.seconds_per_image or 0.0)
+
+    def answer_rate(self, window: float = 2.0) -> float | None:
+        """Responses per second over the last ``window`` seconds (None: too few to tell)."""
+        now = time.monotonic()
+        recent = [t for t in self._answered if now - t <= window]
+        return len(recent) / window if len(recent) >= 8 else None
+
+    def admit(self) -> None:
+        """Called when a /classify request arrives, before its body is read: Overloaded when the requests
+        already in flight would make it wait longer than max_wait_s, or the image queue is full."""
+        self.check(1)
+        rate = self.answer_rate()
+        if self.max_wait_s > 0 and rate and self.in_flight >= 2 and (self.in_flight + 1) / rate > self.max_wait_s:
+            raise Overloaded(f"overloaded: {self.in_flight} /classify requests in progress at {rate:.0f}/s would "
+                             f"wait about {(self.in_flight + 1) / rate * 1000:.0f} ms, over "
+                             f"{self.max_wait_s * 1000:.0f} ms (GENROBUST_CLASSIFY_MAX_WAIT_MS); retry later")
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._answered.append(time.monotonic())
+
+    def check(self, images: float) -> None:
+        """Raise Overloaded when ``images`` more cannot be admitted. A request alone is always admitted, so
+        one as large as GENROBUST_MAX_IMAGES is served even when that exceeds the queue bound."""
+        if not self.pending:
+            return
+        if self.pending + images > self.queue_images:
+            raise Overloaded(f"overloaded: {self.pending:.0f} images (at K = 10) already queued for /classify, at most "
+                             f"{self.queue_images} (GENROBUST_CLASSIFY_QUEUE_IMAGES); retry later")
+        if self.max_wait_s > 0 and (wait := self.expected_wait(images)) > self.max_wait_s:
+            raise Overloaded(f"overloaded: /classify would wait about {wait * 1000:.0f} ms, over "
+                             f"{self.max_wait_s * 1000:.0f} ms (GENROBUST_CLASSIFY_MAX_WAIT_MS); retry later")
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -55,9 +113,20 @@ class Batcher:
 
     async def logits(self, model: str, samples: int, seed: int, images: torch.Tensor
                      ) -> tuple[torch.Tensor, BatchInfo]:
+        units = len(images) * samples / 10
+        self.check(units)
         future = self.loop.create_future()
-        await self.queue.put(_Item(model, samples, seed, images, future))
-        return await future
+        self.pending += units
+        try:
+            self.queue.put_nowait(_Item(model, samples, seed, images, future))
+            # bounded even if the inference thread stalls; shield: a batch in progress still resolves it
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except TimeoutError:
+            future.cancel()  # its pass skips it if it has not started
+            raise Overloaded(f"/classify did not finish within {self.timeout_s:g} s "
+                             "(GENROBUST_CLASSIFY_TIMEOUT_S); retry later") from None
+        finally:
+            self.pending -= units
 
     async def _collect(self) -> None:
         while True:
@@ -98,6 +167,8 @@ class Batcher:
                     self.loop.call_soon_threadsafe(_resolve, it.future, None, exc)
                 continue
             info = BatchInfo(sum(len(it.images) for it in group), time.perf_counter() - t0)
+            spi = info.seconds / (info.images * samples / 10)
+            self.seconds_per_image = spi if self.seconds_per_image is None else 0.8 * self.seconds_per_image + 0.2 * spi
             for it, out in zip(group, outs, strict=True):
                 self.loop.call_soon_threadsafe(_resolve, it.future, (out, info), None)
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.batching import Overloaded
 from app.images import TooManyImages
 from genrobust.attacks import ATTACKS
 from genrobust.errors import GenrobustError
@@ -21,6 +22,9 @@ log = logging.getLogger("genrobust.service")
 # what the job store and the broker raise when Redis or the SQLite files cannot be reached
 _UNREACHABLE = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                 sqlalchemy.exc.OperationalError, kombu.exceptions.OperationalError)
+# seconds a client should wait before retrying a 503: overload clears within a pass or two; an unreachable
+# broker usually needs longer
+RETRY_OVERLOADED, RETRY_UNREACHABLE = 1, 5
 
 
 def _where(loc) -> str:
@@ -64,10 +68,16 @@ def install(app: FastAPI) -> None:
     async def _user_error(request: Request, exc: GenrobustError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded):
+        return overloaded_response(str(exc))
+
     async def _broker(request: Request, exc: Exception):
         log.error("broker / result store unreachable on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": "the job broker or result store is unreachable; try again later"},
-                            status_code=503)
+        where = ("Redis (GENROBUST_REDIS_URL)" if get_settings().redis_url
+                 else "the SQLite files under GENROBUST_DATA_DIR")
+        return JSONResponse({"detail": f"the job broker or result store is unreachable ({where}); try again later"},
+                            status_code=503, headers={"Retry-After": str(RETRY_UNREACHABLE)})
 
     for unreachable in _UNREACHABLE:
         app.add_exception_handler(unreachable, _broker)
@@ -118,3 +128,31 @@ class BodyLimit:
 
 async def _reject(scope, send, status: int, detail: str) -> None:
     await JSONResponse({"detail": detail}, status_code=status)(scope, None, send)
+
+
+def overloaded_response(detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_OVERLOADED)})
+
+
+class ShedClassify:
+    """Refuse /classify with 503 before its body is read or parsed when the batcher is already full or the
+    requests in flight would make a new one wait too long: under overload, parsing JSON that will be refused
+    anyway would take the CPU the admitted requests need."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        batcher = None
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/classify":
+            batcher = getattr(scope["app"].state, "batcher", None)
+        if batcher is None:
+            return await self.app(scope, receive, send)
+        try:
+            batcher.admit()
+        except Overloaded as exc:
+            return await overloaded_response(str(exc))(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            batcher.release()

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 import genrobust
 from app import errors
+from app.api.deps import InlineLimit
 from app.api.main import api_router
 from app.batching import Batcher
 from genrobust.evaluation import logits_for_requests
@@ -20,7 +21,8 @@ log = logging.getLogger("genrobust.service")
 
 
 def _classify_group(model: str, samples: int, requests):
-    return logits_for_requests(runtime.load_model(model), requests, samples)
+    # memory grows with images x K: keep each forward pass at the size of 100 images at K = 10
+    return logits_for_requests(runtime.load_model(model), requests, samples, batch_size=max(1, 1000 // samples))
 
 
 def create_app(embedded_worker: bool | None = None) -> FastAPI:
@@ -34,7 +36,9 @@ def create_app(embedded_worker: bool | None = None) -> FastAPI:
             log.warning("GENROBUST_API_KEY is not set: job submission, cancellation and store writes are open "
                         "to anyone who can reach this service")
         runtime.set_threads()
-        batcher = Batcher(_classify_group, settings.batch_wait_ms / 1000, settings.batch_max_images)
+        batcher = Batcher(_classify_group, settings.batch_wait_ms / 1000, settings.batch_max_images,
+                          queue_images=settings.classify_queue_images,
+                          max_wait_s=settings.classify_max_wait_ms / 1000, timeout_s=settings.classify_timeout_s)
         await batcher.start()
         app.state.batcher = batcher
         embedded = not settings.redis_url if embedded_worker is None else embedded_worker
@@ -56,8 +60,10 @@ def create_app(embedded_worker: bool | None = None) -> FastAPI:
                   description="Latent-variable classifiers of Li, Bradshaw & Sharma (ICML 2019): classification, "
                               "adversarial attacks, detection, and training / attack sweeps / the study as jobs.")
     app.state.embedded_worker = None
+    app.state.inline = InlineLimit(get_settings().inline_concurrency)
     errors.install(app)
     app.add_middleware(errors.BodyLimit)
+    app.add_middleware(errors.ShedClassify)  # added last = outermost: sheds before the body is read
     app.include_router(api_router)
     return app
 

@@ -7,6 +7,7 @@ the pretrained models shipped inside the package. A user model shadows a shipped
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -23,6 +24,12 @@ from genrobust.models import LatentClassifier, ModelConfig
 from genrobust.settings import PRETRAINED_DIR, get_settings
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+CARD_KEYS = ("structure", "config")  # what every reader of a card relies on (kind follows from structure)
+log = logging.getLogger(__name__)
+
+
+class CorruptStoreFile(GenrobustError):
+    """A card, checkpoint or detectors file that cannot be read; the message names the file."""
 
 
 def check_name(name: str) -> str:
@@ -34,18 +41,34 @@ def check_name(name: str) -> str:
     return name
 
 
+class StoreWriteError(GenrobustError):
+    """A file of the store could not be written (full disk, no permission); what was there is unchanged."""
+
+
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write through a temporary file in the same folder, flushed to disk, and rename it into place: a
+    reader, a crash or a full disk sees either the old file or the whole new one, never a partial file."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
+        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it the file
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; stored files are meant to be shared
         os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreWriteError(f"cannot write {path}: {exc.strerror or exc}; the previous version of the file "
+                              "is unchanged (free space or fix permissions and run again)") from None
+    except SafetensorError as exc:  # safetensors reports a failed write (e.g. disk full) as its own error
+        raise StoreWriteError(f"cannot write {path}: {exc}; the previous version of the file is unchanged") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:  # an unwritable folder: nothing was created there anyway
+                pass
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -61,7 +84,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise GenrobustError(f"corrupt or unreadable checkpoint {path}: {exc}") from None
+        raise CorruptStoreFile(f"corrupt or unreadable checkpoint {path}: {exc}") from None
 
 
 class ModelStore:
@@ -85,12 +108,23 @@ class ModelStore:
     def card(self, name: str) -> dict[str, Any]:
         path = self._find(name) / f"{name}.json"
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise GenrobustError(f"corrupt model card {path}: {exc}") from None
+            card = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptStoreFile(f"corrupt model card {path}: {exc}") from None
+        missing = [k for k in CARD_KEYS if not isinstance(card, dict) or k not in card]
+        if missing:
+            raise CorruptStoreFile(f"corrupt model card {path}: no {', '.join(repr(k) for k in missing)}")
+        return card
 
     def cards(self) -> list[dict[str, Any]]:
-        return [self.card(n) for n in self.names()]
+        """The readable cards; a corrupt one is skipped with a warning (the rest of the store stays usable)."""
+        out = []
+        for n in self.names():
+            try:
+                out.append(self.card(n))
+            except CorruptStoreFile as exc:
+                log.warning("%s", exc)
+        return out
 
     def load(self, name: str, device: str | torch.device = "cpu") -> tuple[LatentClassifier, dict[str, Any]]:
         """The model in eval mode, and its card."""
@@ -98,7 +132,8 @@ class ModelStore:
         try:
             config = ModelConfig(**card["config"])
         except (KeyError, TypeError, ValidationError) as exc:
-            raise GenrobustError(f"model card of {name!r} has no valid 'config': {exc}") from None
+            raise CorruptStoreFile(f"model card of {name!r} ({self._find(name) / f'{name}.json'}) has no valid "
+                                   f"'config': {exc}") from None
         model = LatentClassifier(config)
         path = self._find(name) / f"{name}.safetensors"
         if not path.is_file():
@@ -106,7 +141,7 @@ class ModelStore:
         try:
             model.load_state_dict(load_tensors(path), strict=True)
         except RuntimeError as exc:
-            raise GenrobustError(f"checkpoint {path} does not match its card: {str(exc).splitlines()[0]}") from None
+            raise CorruptStoreFile(f"checkpoint {path} does not match its card: {str(exc).splitlines()[0]}") from None
         return model.to(device).eval(), card
 
     # -------------------------------------------------------------- writing

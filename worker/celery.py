@@ -45,6 +45,7 @@ def configure(settings: Settings | None = None) -> Celery:
         broker, backend = embedded_urls(s)
         # kombu hands these to create_engine: wait on a locked SQLite file instead of failing
         transport, backend_options = {"connect_args": {"timeout": 30}}, {}
+    changed = (app.conf.broker_url, app.conf.result_backend) != (broker, backend)
     app.conf.update(
         broker_url=broker, result_backend=backend,
         broker_transport_options=transport, result_backend_transport_options=backend_options,
@@ -60,7 +61,16 @@ def configure(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         # the database backend polls chord members; one second is plenty for chunked sweeps
         result_chord_retry_interval=1.0,
+        # a result store that is briefly unreachable (Redis restarting) is waited out, about a minute, instead
+        # of losing the result of a finished task
+        result_backend_always_retry=True, result_backend_max_retries=40,
+        result_backend_base_sleep_between_retries_ms=200, result_backend_max_sleep_between_retries_ms=2000,
     )
+    if changed:  # connections and the result backend made for the old URLs must not be reused
+        app._pool, app._backend_cache = None, None
+        app._local.__dict__.pop("backend", None)  # this thread's (backends that are not thread-safe)
+        if "amqp" in app.__dict__:
+            app.__dict__["amqp"]._producer_pool = None
     return app
 
 

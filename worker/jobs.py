@@ -140,11 +140,19 @@ return 1
 
 
 class RedisJobStore(JobStore):
-    def __init__(self, url: str, expires: int):
+    def __init__(self, url: str, expires: int, retry_s: float = 0.0):
+        """``retry_s``: how long a command is retried while Redis is unreachable (0: fail at once)."""
         import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
 
         super().__init__(expires)
-        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=3)
+        retry = {}
+        if retry_s > 0:  # backoff capped at 1 s, so about retry_s seconds in all
+            retry = {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=max(1, round(retry_s))),
+                     "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]}
+        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=3,
+                                      **retry)
         self._update_script = self.r.register_script(_UPDATE_LUA)
         self._advance_script = self.r.register_script(_ADVANCE_LUA)
 
@@ -223,6 +231,12 @@ class SqlJobStore(JobStore):
         with self.engine.begin() as c:
             c.execute(q)
 
+    def running(self) -> list[JobRecord]:
+        """Jobs whose state is running (used at start-up of the embedded service, see worker.embedded)."""
+        with self.engine.connect() as c:
+            rows = c.execute(self.t.select().where(self.t.c.state == "running")).mappings().all()
+        return [_record(dict(r)) for r in rows]
+
     def recent(self, limit):
         with self.engine.connect() as c:
             rows = c.execute(self.t.select().where(self.t.c.updated_at >= time.time() - self.expires)
@@ -234,15 +248,26 @@ class SqlJobStore(JobStore):
             c.execute(self.sa.text("SELECT 1"))
 
 
+# Inside a task, a Redis outage is waited out (a finished chunk must still record its progress and result,
+# or its job would never finish); the API instead answers 503 at once (see app.errors).
+TASK_RETRY_S = 60.0
+
+
 @lru_cache
-def _store(redis_url: str | None, sql_url: str, expires: int) -> JobStore:
-    return RedisJobStore(redis_url, expires) if redis_url else SqlJobStore(sql_url, expires)
+def _store(redis_url: str | None, sql_url: str, expires: int, retry_s: float = 0.0) -> JobStore:
+    return RedisJobStore(redis_url, expires, retry_s) if redis_url else SqlJobStore(sql_url, expires)
+
+
+def _in_task() -> bool:
+    from celery import current_task
+
+    return bool(current_task) and current_task.request.id is not None
 
 
 def job_store(settings: Settings | None = None) -> JobStore:
-    """The job store of the configured mode (one per process and configuration)."""
+    """The job store of the configured mode (one per process, configuration and role)."""
     from worker.celery import embedded_urls
 
     s = settings or get_settings()
     sql_url = "" if s.redis_url else embedded_urls(s)[1].removeprefix("db+")
-    return _store(s.redis_url, sql_url, s.result_expires)
+    return _store(s.redis_url, sql_url, s.result_expires, TASK_RETRY_S if s.redis_url and _in_task() else 0.0)

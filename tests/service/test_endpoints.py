@@ -99,6 +99,8 @@ def test_attack_inline_equals_the_library(client):
     assert torch.allclose(torch.tensor(out["adversarial_images"]), adv[:, 0], atol=1e-6)
     assert out["predictions_after"] == report.per_image["pred_after"]
     assert out["success"] == report.per_image["success"] and out["summary"]["params"]["eps"] == 0.2
+    assert out["p_misclassified"] == report.per_image["p_misclassified"]
+    assert out["summary"]["robust_accuracy"] == report.robust_accuracy
     assert max(out["linf"]) <= 0.2 + 1e-6 and out["queries"] is None
     # without labels the model's own predictions are attacked
     r = client.post("/attack", json={"model": "tiny-dfz", "attack": "deepfool", "params": {"max_iter": 3},

@@ -5,7 +5,8 @@ from app.schemas import ErrorBody
 _WHY = {400: "Malformed JSON.", 401: "Missing or wrong X-API-Key.", 404: "Not found.",
         409: "The job already finished.", 413: "Body or image count over the configured limit.",
         422: "Invalid input: the message says what is wrong.",
-        503: "The broker or result store is unreachable."}
+        503: "Overloaded (the message names the setting that bounds the work) or the broker / result store is "
+             "unreachable; retry after the Retry-After header's seconds."}
 
 
 def errors(*codes: int) -> dict:

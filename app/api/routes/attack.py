@@ -1,11 +1,12 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 
 from app import images
-from app.api.deps import ApiKeyValue, SettingsDep, check_api_key, known_model
+from app.api.deps import ApiKeyValue, SettingsDep, check_api_key, inline_slot, known_model
 from app.api.routes import errors
+from app.api.routes.jobs import JOB_LINKS
 from app.schemas import AttackRequest, AttackResponse, JobAccepted
 from genrobust.attacks import make_attack
 from genrobust.robustness import attack_cost
@@ -16,9 +17,11 @@ router = APIRouter(tags=["inference"])
 
 @router.post("/attack", response_model=AttackResponse,
              responses={202: {"model": JobAccepted, "description": "Too much work to run inline: queued as a job "
-                                                                   "(needs X-API-Key when configured)."},
+                                                                   "(needs X-API-Key when configured).",
+                              "links": JOB_LINKS},
                         **errors(400, 401, 413, 422, 503)})
-def attack(req: Annotated[AttackRequest, Body()], settings: SettingsDep, api_key: ApiKeyValue = None):
+def attack(req: Annotated[AttackRequest, Body()], settings: SettingsDep, request: Request,
+           api_key: ApiKeyValue = None):
     """Attack images of a stored model with one of the library's attacks (parameters: the attack's own
     schema, e.g. FGSMParams). Success is judged by a fresh evaluation of the model with independent noise.
     Requests whose work (images x the attack's estimated passes per image) exceeds
@@ -32,7 +35,8 @@ def attack(req: Annotated[AttackRequest, Body()], settings: SettingsDep, api_key
     if work > settings.inline_attack_work:
         check_api_key(settings, api_key)
         job = submit.attack(call | {"images": x.squeeze(1).tolist()}, call | {"n": len(x), "work": work})
-        return JSONResponse(JobAccepted(job_id=job.id, detail=f"work {work:.0f} > inline limit "
-                                                              f"{settings.inline_attack_work:.0f}").model_dump(),
-                            status_code=202)
-    return calls.attack(images=x, **call)
+        detail = (f"work {work:.0f} > inline limit {settings.inline_attack_work:.0f} "
+                  "(GENROBUST_INLINE_ATTACK_WORK): queued as a job")
+        return JSONResponse(JobAccepted(job_id=job.id, detail=detail).model_dump(), status_code=202)
+    with inline_slot(request):
+        return calls.attack(images=x, **call)

@@ -8,7 +8,7 @@ from app.schemas import ClassifyRequest, ClassifyResponse
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses=errors(400, 413, 422))
+@router.post("/classify", response_model=ClassifyResponse, responses=errors(400, 413, 422, 503))
 async def classify(req: ClassifyRequest, settings: SettingsDep, batcher: BatcherDep, response: Response):
     """Classify images with a stored model: predictions, p(y|x) and the importance-sampled log p(x, y_c)
     per class (K = ``samples``). Concurrent requests are batched into one forward pass; each keeps its own

@@ -16,7 +16,11 @@ from worker.jobs import JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-ACCEPTED = {"model": JobAccepted, "description": "Queued; poll GET /jobs/{job_id}."}
+# OpenAPI links: clients (and schemathesis' stateful tests) can follow a submission to its record
+JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/job_id"}}
+             for name, op in (("GetJob", "get_job_jobs__job_id__get"),
+                              ("CancelJob", "cancel_job_jobs__job_id__delete"))}
+ACCEPTED = {"model": JobAccepted, "description": "Queued; poll GET /jobs/{job_id}.", "links": JOB_LINKS}
 
 
 def _accepted(job: JobRecord) -> JSONResponse:
@@ -62,7 +66,7 @@ def sweep(req: SweepRequest):
     return _accepted(submit.sweep(req.model_dump(mode="json", exclude={"study", "study_options"})))
 
 
-@router.get("", response_model=list[JobRecord], responses=errors(422))
+@router.get("", response_model=list[JobRecord], responses=errors(422, 503))
 def list_jobs(jobs: JobsDep, limit: int = Query(20, ge=1, le=200, description="How many (1-200).")):
     """Recent jobs, newest first."""
     return jobs.recent(limit)
@@ -75,13 +79,13 @@ def _get(jobs, job_id: str) -> JobRecord:
     return record
 
 
-@router.get("/{job_id}", response_model=JobRecord, responses=errors(404))
+@router.get("/{job_id}", response_model=JobRecord, responses=errors(404, 503))
 def get_job(job_id: str, jobs: JobsDep):
     """A job's state (queued, running, succeeded, failed, cancelled), progress 0-1, result or error."""
     return _get(jobs, job_id)
 
 
-@router.delete("/{job_id}", response_model=JobRecord, dependencies=[ApiKey], responses=errors(401, 404, 409))
+@router.delete("/{job_id}", response_model=JobRecord, dependencies=[ApiKey], responses=errors(401, 404, 409, 503))
 def cancel_job(job_id: str, jobs: JobsDep):
     """Cancel a job: its tasks are revoked (running ones terminated) and its state becomes cancelled. 409 if
     it already finished. Needs X-API-Key when configured."""
