@@ -13,6 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from genrobust import data
+from genrobust.device import DEVICE_HELP, check_device_spec, resolve_device
 from genrobust.attacks import ATTACKS, make_attack
 from genrobust.detection import DEFAULT_FPR, DETECTORS, check_detector, fit_detectors, load_detector
 from genrobust.errors import GenrobustError, validation_message
@@ -51,6 +52,18 @@ def _channels(text: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def _device_spec(text: str) -> str:
+    try:
+        return check_device_spec(text)
+    except GenrobustError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=_device_spec, default=None,
+                        help=f"where to compute: {DEVICE_HELP} (default: GENROBUST_DEVICE, else auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genrobust", description=__doc__.split(".")[0] + ".")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--dec-channels", "dec_channels", mf, type=_channels)
     opt("--dropout", "dropout", mf, type=float)
     t.add_argument("--restart", action="store_true", help="discard an unfinished run of the same name")
+    _add_device(t)
     t.add_argument("--no-progress", action="store_true")
 
     m = sub.add_parser("models", help="list stored models with their cards")
@@ -97,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bf16", action="store_true", help="bf16 autocast (about 2x faster on AVX512-BF16 CPUs)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--no-progress", action="store_true")
+    _add_device(e)
     a = sub.add_parser("attack", help="attack a stored model and measure success, robustness and time",
                        description="Run an attack on a split and report clean/adversarial accuracy, success rate "
                                    "(judged with fresh model noise), robustness rho, perturbation norms, time "
@@ -109,10 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=_positive, default=100, help="number of images (default 100)")
     a.add_argument("--seed", type=_nonneg_int, default=0)
     a.add_argument("--eval-samples", type=_positive, default=10, help="K of the fresh evaluation (default 10)")
+    a.add_argument("--eval-draws", type=_positive, default=10,
+                   help="R fresh evaluations behind misclassification probability and robust accuracy (default 10)")
     a.add_argument("--batch-size", type=_positive, default=100)
     a.add_argument("--json", action="store_true", help="print the report (without per-image arrays) as JSON")
     a.add_argument("--out", help="directory for report.json and the images as .npz")
     a.add_argument("--no-progress", action="store_true")
+    _add_device(a)
 
     sub.add_parser("attacks", help="list the attacks and their parameters")
 
@@ -126,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=_nonneg_int, default=0)
     f.add_argument("--fpr", type=float, default=DEFAULT_FPR, help="target false-positive rate (default 0.05)")
     f.add_argument("--no-progress", action="store_true")
+    _add_device(f)
 
     d = sub.add_parser("detect", help="flag adversarial images with a fitted detector",
                        description="Run a detector on images from an .npz file (as written by `genrobust attack "
@@ -137,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=_positive, default=100, help="images of the split (default 100)")
     d.add_argument("--seed", type=_nonneg_int, default=0)
     d.add_argument("--json", action="store_true", help="print per-image results as JSON")
+    _add_device(d)
 
     r = sub.add_parser("reproduce", help="run the whole study: tables, figures, ROC curves, report",
                        description="Attack the stored models, detect, and write DIR/report.md, DIR/report.html, "
@@ -158,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fit-limit", type=_positive, help="training images when detectors must be fitted first "
                    "(default: the whole training split)")
     r.add_argument("--no-adaptive", action="store_true", help="skip the detector-aware PGD table")
+    _add_device(r)
 
     sv = sub.add_parser("serve", help="run the web service (jobs in-process by default; Redis if configured)",
                         description="Serve the HTTP API (docs at /docs). Without GENROBUST_REDIS_URL jobs run "
@@ -176,7 +197,8 @@ def cmd_train(args) -> int:
                                                         if k in given and k != "structure"})
     train_config = TrainConfig(**{k: given[k] for k in TrainConfig.model_fields if k in given})
     name = args.name or default_name(structure, train_config.dataset)
-    trainer = Trainer(model_config, train_config, name, progress=not args.no_progress, restart=args.restart)
+    trainer = Trainer(model_config, train_config, name, progress=not args.no_progress, restart=args.restart,
+                      device=resolve_device(args.device))
     if trainer.resumed_from:
         print(f"resuming {name} after epoch {trainer.resumed_from}")
     try:
@@ -205,24 +227,24 @@ def cmd_models(args) -> int:
         val = c.get("validation_accuracy", {}).get("accuracy")
         test = c.get("test_accuracy", {}).get("accuracy")
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "-"  # noqa: E731
-        print(f"{c['name']:<22}{c['structure']:<10}{c['kind']:<16}{c.get('epochs', '-'):>7}{fmt(val):>9}"
+        print(f"{c['name']:<22}{c['structure']:<10}{c.get('kind', '-'):<16}{c.get('epochs', '-'):>7}{fmt(val):>9}"
               f"{fmt(test):>10}{c.get('wall_seconds', 0):>9.0f}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     store = ModelStore()
-    model, card = store.load(args.name)
-    split = data.load(card.get("dataset", {}).get("name", "fashion-mnist"), args.split, args.limit)
+    model, card = store.load(args.name, resolve_device(args.device))
+    split = data.load(data.dataset_of(card), args.split, args.limit)
     r = accuracy(model, split.images, split.labels, args.samples, args.seed, progress=not args.no_progress,
                  bf16=args.bf16)
     out = {"model": args.name, "split": args.split, "n": r["n"], "samples": r["samples"],
-           "accuracy": r["accuracy"], "seconds": round(r["seconds"], 3)}
+           "accuracy": r["accuracy"], "seconds": round(r["seconds"], 3), "device": str(r["device"])}
     if args.json:
         print(json.dumps(out))
     else:
         print(f"{args.name} on {args.split}: accuracy {r['accuracy']:.4f} (n={r['n']}, K={r['samples']}, "
-              f"seed={args.seed}) in {r['seconds']:.1f}s ({r['n'] / r['seconds']:.0f} images/s)")
+              f"seed={args.seed}) in {r['seconds']:.1f}s ({r['n'] / r['seconds']:.0f} images/s, {r['device']})")
     return 0
 
 
@@ -238,17 +260,17 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 
 def cmd_attack(args) -> int:
     attack = make_attack(args.attack, _parse_params(args.param))  # validates before any heavy work
-    model, card = ModelStore().load(args.name)
-    split = data.load(card.get("dataset", {}).get("name", "fashion-mnist"), args.split, args.limit)
+    model, card = ModelStore().load(args.name, resolve_device(args.device))
+    split = data.load(data.dataset_of(card), args.split, args.limit)
     report, adv = run_attack(model, attack, split.images, split.labels, seed=args.seed,
                              eval_samples=args.eval_samples, batch_size=args.batch_size, model_name=args.name,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, eval_draws=args.eval_draws)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         stem = f"{args.name}-{args.attack}"
         (out / f"{stem}.json").write_text(report.model_dump_json(indent=2))
-        np.savez_compressed(out / f"{stem}.npz", images=split.images.numpy(), adversarial=adv.numpy(),
+        np.savez_compressed(out / f"{stem}.npz", images=split.images.numpy(), adversarial=adv.cpu().numpy(),
                             labels=split.labels.numpy(), pred_before=np.array(report.per_image["pred_before"]),
                             pred_after=np.array(report.per_image["pred_after"]))
     s = report.summary()
@@ -277,7 +299,7 @@ def cmd_attacks(args) -> int:
 
 def cmd_fit_detectors(args) -> int:
     rec = fit_detectors(ModelStore(), args.name, samples=args.samples, seed=args.seed, limit=args.limit,
-                        fpr=args.fpr, progress=not args.no_progress)
+                        fpr=args.fpr, progress=not args.no_progress, device=resolve_device(args.device))
     print(f"{args.name}: detectors fitted on {rec['n_train']} training images, calibrated on {rec['n_calibrate']} "
           f"validation images to FPR {rec['fpr']} in {rec['seconds']:.0f}s")
     for name, d in rec["detectors"].items():
@@ -289,7 +311,7 @@ def cmd_fit_detectors(args) -> int:
 def cmd_detect(args) -> int:
     names = list(DETECTORS) if args.detector == "all" else [check_detector(args.detector)]
     store = ModelStore()
-    model, card = store.load(args.name)
+    model, card = store.load(args.name, resolve_device(args.device))
     detectors = {n: load_detector(store, args.name, n, model=model) for n in names}
     if args.input:
         try:
@@ -300,7 +322,7 @@ def cmd_detect(args) -> int:
             raise GenrobustError(f"cannot read images from {args.input}: {exc}") from None
         source = f"{args.input}[{key}]"
     else:
-        split = data.load(card.get("dataset", {}).get("name", "fashion-mnist"), args.split, args.limit)
+        split = data.load(data.dataset_of(card), args.split, args.limit)
         images, source = split.images, f"{args.split} split, first {len(split)}"
     out = {}
     for n, det in detectors.items():
@@ -340,8 +362,9 @@ def cmd_reproduce(args) -> int:
     config = StudyConfig(models=_resolve_models(args.models, store), attacks=attacks, params=params, limit=args.limit,
                          seed=args.seed, out=Path(args.out), clean_limit=args.clean_limit, fit_limit=args.fit_limit,
                          adaptive=not args.no_adaptive)
+    device = resolve_device(args.device)
     try:
-        results = reproduce(config, store)
+        results = reproduce(config, store, device=device)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished attacks are cached in {config.out / 'cache'}; run the same command again "
               "to resume", file=sys.stderr)
@@ -375,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ValidationError as exc:
         print(f"genrobust: error: {validation_message(exc)}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError:
+        print(f"genrobust: error: out of memory on {args.device or get_settings().device}: lower --batch-size or "
+              "--limit, or use another --device", file=sys.stderr)
         return 2
 
 

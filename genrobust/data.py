@@ -22,6 +22,11 @@ DATASETS: dict[str, type[torchvision.datasets.MNIST]] = {
     "fashion-mnist": torchvision.datasets.FashionMNIST,
     "mnist": torchvision.datasets.MNIST,
 }
+# What the labels mean, per dataset (figures, the service's gallery).
+CLASS_NAMES: dict[str, list[str]] = {
+    "fashion-mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
+    "mnist": [str(c) for c in range(10)],
+}
 Split = Literal["train", "validation", "test"]
 SPLITS = ("train", "validation", "test")
 VALIDATION_SIZE = 5000
@@ -40,10 +45,20 @@ class Data:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def to(self, device: torch.device | str) -> "Data":
+        """The same split on ``device`` (Fashion-MNIST's training split is ~170 MB as float32)."""
+        return Data(self.images.to(device), self.labels.to(device), self.dataset, self.split)
+
     def head(self, limit: int | None) -> "Data":
         if limit is None:
             return self
         return Data(self.images[:limit], self.labels[:limit], self.dataset, self.split)
+
+
+def dataset_of(card: dict) -> str:
+    """The dataset a stored model was trained on (its card's record; Fashion-MNIST for old cards)."""
+    ds = card.get("dataset")
+    return ds.get("name", "fashion-mnist") if isinstance(ds, dict) else "fashion-mnist"
 
 
 def dataset_md5s(dataset: str) -> dict[str, str]:
@@ -100,7 +115,7 @@ def load(dataset: str = "fashion-mnist", split: Split = "train", limit: int | No
     root = Path(root) if root is not None else get_settings().data_dir
     images, labels = _full(dataset, split != "test", root)
     if split != "test":
-        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(VALIDATION_SEED), device="cpu")
         idx = perm[:-VALIDATION_SIZE] if split == "train" else perm[-VALIDATION_SIZE:]
         images, labels = images[idx], labels[idx]
     return Data(images, labels, dataset, split).head(limit)
@@ -112,7 +127,7 @@ def check_images(x) -> torch.Tensor:
     Accepts (N, 28, 28) or (N, 1, 28, 28) tensors or arrays of floats in [0, 1]."""
     if not isinstance(x, torch.Tensor):
         try:
-            x = torch.as_tensor(x)
+            x = torch.as_tensor(x, device="cpu")  # host data: the caller moves it where it computes
         except Exception:
             raise GenrobustError("images must be a tensor or array of numbers") from None
     if not torch.is_floating_point(x):
@@ -131,7 +146,10 @@ def check_images(x) -> torch.Tensor:
 
 
 def check_labels(y, n: int) -> torch.Tensor:
-    y = torch.as_tensor(y)
+    try:
+        y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y, device="cpu")
+    except (TypeError, ValueError, RuntimeError, OverflowError):  # None, strings, ragged or huge values
+        raise GenrobustError(f"labels must be {n} integers in [0, {NUM_CLASSES}), got {str(y)[:80]}") from None
     if y.dtype.is_floating_point or y.dtype == torch.bool or y.shape != (n,):
         raise GenrobustError(f"labels must be {n} integers, got dtype {y.dtype} and shape {tuple(y.shape)}")
     if (y < 0).any() or (y >= NUM_CLASSES).any():

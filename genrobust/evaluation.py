@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from genrobust.data import check_images
+from genrobust.device import module_device
 from genrobust.errors import GenrobustError
 from genrobust.models import LatentClassifier
 
@@ -19,9 +20,10 @@ def batched_logits(model: LatentClassifier, images: torch.Tensor, samples: int =
                    batch_size: int = EVAL_BATCH, bf16: bool = False, progress: bool = False,
                    desc: str = "logits") -> torch.Tensor:
     """Logits (N, C) for many images, with the model's noise drawn from one generator seeded by ``seed``
-    so the same call gives the same logits. Images are validated first (shape, dtype, finite, in [0, 1]);
-    ``model.logits`` itself skips the checks so that attack loops pay nothing for them."""
-    images = check_images(images)
+    so the same call gives the same logits. Images are validated first (shape, dtype, finite, in [0, 1])
+    and moved to the model's device, where the logits stay; ``model.logits`` itself skips the checks so
+    that attack loops pay nothing for them."""
+    images = check_images(images).to(module_device(model))
     if samples < 1:
         raise GenrobustError(f"samples (K) must be at least 1, got {samples}")
     if batch_size < 1:
@@ -47,10 +49,11 @@ def accuracy(model: LatentClassifier, images: torch.Tensor, labels: torch.Tensor
     t0 = time.perf_counter()
     pred = batched_logits(model, images, samples, seed, progress=progress, bf16=bf16, desc=desc).argmax(-1)
     return {
-        "accuracy": (pred == labels).float().mean().item(),
+        "accuracy": (pred == torch.as_tensor(labels, device=pred.device)).float().mean().item(),
         "n": len(labels),
         "samples": samples,
         "seconds": time.perf_counter() - t0,
+        "device": pred.device,
     }
 
 
@@ -62,7 +65,7 @@ def logits_for_requests(model: LatentClassifier, requests: list[tuple[torch.Tens
     float rounding) whatever it was batched with. Images must already be checked (``check_images``)."""
     if samples < 1:
         raise GenrobustError(f"samples (K) must be at least 1, got {samples}")
-    device = next(model.parameters()).device
+    device = module_device(model)
     noise, sizes = [], []
     for x, seed in requests:
         gen = torch.Generator(device=device).manual_seed(seed)

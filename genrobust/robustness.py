@@ -16,12 +16,13 @@ from pydantic import BaseModel, Field
 from torch import nn
 from tqdm import tqdm
 
+from genrobust import seeding
 from genrobust.attacks import Attack
 from genrobust.data import check_images, check_labels
+from genrobust.device import module_device
 from genrobust.errors import GenrobustError
 from genrobust.models import LatentClassifier
 
-EVAL_SEED_OFFSET = 1_000_000_007  # evaluation noise comes from a stream the attack never sees
 L0_TOL = 1e-6
 
 
@@ -33,6 +34,7 @@ class AttackReport(BaseModel):
     params: dict[str, Any]
     seed: int
     eval_samples: int
+    device: str | None = Field(None, description="Where the attack and its evaluation ran (e.g. cpu, cuda:0).")
     n: int
     clean_accuracy: float
     adversarial_accuracy: float
@@ -47,8 +49,17 @@ class AttackReport(BaseModel):
     seconds: float
     seconds_per_image: float
     queries: int | None = Field(description="Total model evaluations (black-box attacks).")
+    # R fresh evaluations of each adversarial image (evaluator's noise, drawn after the single one above)
+    eval_draws: int | None = Field(None, description="R fresh evaluations behind the two metrics below.")
+    misclassification_probability: float | None = Field(
+        None, description="Mean over the images classified correctly before the attack of the fraction of the R "
+                          "fresh evaluations that misclassify the adversarial image.")
+    robust_accuracy: float | None = Field(
+        None, description="Fraction of all images whose adversarial is classified correctly by a strict majority "
+                          "of the R fresh evaluations.")
     per_image: dict[str, list | None] = Field(description="labels, pred_before, pred_after, correct, success, l2, linf, "
-                                                   "l0, rel_l2 and queries, one entry per image.")
+                                                   "l0, rel_l2, queries and p_misclassified (of the R fresh "
+                                                   "evaluations), one entry per image.")
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(exclude={"per_image"})
@@ -61,6 +72,28 @@ def predict(model: nn.Module, x: torch.Tensor, samples: int, generator: torch.Ge
         return model(x).argmax(1)
 
 
+def predict_draws(model: nn.Module, x: torch.Tensor, samples: int, draws: int, generator: torch.Generator,
+                  max_rows: int = 512) -> torch.Tensor:
+    """Predictions under ``draws`` independent noise draws, (draws, N): the batch tiled draws times and
+    evaluated in passes of at most max_rows rows; a deterministic module is evaluated once and repeated."""
+    if not isinstance(model, LatentClassifier) and not getattr(model, "stochastic", False):
+        return predict(model, x, samples, generator).expand(draws, -1)
+    per = max(1, max_rows // draws)  # images per pass, each with all its draws
+    out = [predict(model, x[s:s + per].repeat(draws, 1, 1, 1), samples, generator).view(draws, -1)
+           for s in range(0, len(x), per)]
+    return torch.cat(out, 1)
+
+
+def labels_for(model: nn.Module, images, labels=None, *, seed: int = 0, samples: int = 10) -> torch.Tensor:
+    """The labels an attack is measured against: ``labels`` when given, else the model's own prediction
+    (then "success" means the prediction changed). The prediction has its own noise stream, independent of
+    the attacker's and the evaluator's. One policy for the CLI, the API and sweeps."""
+    x = check_images(images).to(module_device(model))
+    if labels is not None:
+        return check_labels(labels, len(x)).to(x.device)
+    return predict(model, x, samples, seeding.generator(seed, "labels", device=x.device))
+
+
 def _stat(values: np.ndarray, fn) -> float | None:
     """None (JSON null) when no image succeeded."""
     return float(fn(values)) if len(values) else None
@@ -68,20 +101,26 @@ def _stat(values: np.ndarray, fn) -> float | None:
 
 def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 0, eval_samples: int = 10,
                batch_size: int = 100, model_name: str = "model", progress: bool = False,
-               targets=None) -> tuple[AttackReport, torch.Tensor]:
-    """Attack all images in chunks and measure. Returns the report and the adversarial images."""
-    x = check_images(images)
+               targets=None, eval_draws: int = 10) -> tuple[AttackReport, torch.Tensor]:
+    """Attack all images in chunks and measure. Returns the report and the adversarial images (on the
+    model's device; images given elsewhere are moved there once)."""
+    x = check_images(images).to(module_device(model))
     y = check_labels(labels, len(x)).to(x.device)
     if batch_size < 1:
         raise GenrobustError(f"batch size must be at least 1, got {batch_size}")
     if eval_samples < 1:
         raise GenrobustError(f"eval samples must be at least 1, got {eval_samples}")
-    eval_gen = torch.Generator(device=x.device).manual_seed(seed + EVAL_SEED_OFFSET)
+    if not 1 <= eval_draws <= 1000:
+        raise GenrobustError(f"eval draws must be between 1 and 1000, got {eval_draws}")
+    if targets is not None:
+        targets = check_labels(targets, len(x)).to(x.device)
+    # the evaluator's noise is a stream the attacker never sees (genrobust.seeding)
+    eval_gen = seeding.generator(seed, "evaluator", device=x.device)
     adv_chunks, query_chunks, seconds = [], [], 0.0
     starts = range(0, len(x), batch_size)
     for i, s in enumerate(tqdm(starts, desc=attack.name, unit="batch", disable=not progress, leave=False)):
         t0 = time.perf_counter()
-        out = attack(model, x[s:s + batch_size], y[s:s + batch_size], seed=seed * 100_003 + i,
+        out = attack(model, x[s:s + batch_size], y[s:s + batch_size], seed=seeding.derive(seed, "attacker", i),
                      targets=None if targets is None else targets[s:s + batch_size])
         seconds += time.perf_counter() - t0
         adv_chunks.append(out.adversarial)
@@ -89,6 +128,8 @@ def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 
     adv = torch.cat(adv_chunks)
     pred_before = torch.cat([predict(model, x[s:s + batch_size], eval_samples, eval_gen) for s in starts])
     pred_after = torch.cat([predict(model, adv[s:s + batch_size], eval_samples, eval_gen) for s in starts])
+    # R further fresh evaluations from the same evaluator stream (after the single draw, which stays as it was)
+    p_wrong = (predict_draws(model, adv, eval_samples, eval_draws, eval_gen) != y).float().mean(0)
 
     eta = (adv - x).flatten(1)
     l2, linf = eta.norm(dim=1), eta.abs().amax(1)
@@ -101,24 +142,36 @@ def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 
         "labels": y.tolist(), "pred_before": pred_before.tolist(), "pred_after": pred_after.tolist(),
         "correct": correct.tolist(), "success": success.tolist(),
         "l2": l2.tolist(), "linf": linf.tolist(), "l0": l0.tolist(), "rel_l2": rel_l2.tolist(),
-        "queries": queries.tolist() if queries is not None else None,
+        "queries": queries.tolist() if queries is not None else None, "p_misclassified": p_wrong.tolist(),
     }
     report = _report(dict(model=model_name, attack=attack.name, seed=seed, eval_samples=eval_samples,
+                          eval_draws=eval_draws, device=str(x.device),
                           params=attack.params.model_dump(mode="json") | {"batch_size": batch_size}),
                      per_image, seconds)
     return report, adv
 
 
+def _host(values, dtype=None) -> torch.Tensor:
+    """Per-image lists back as tensors on the host: reports are an edge, whatever device computed them."""
+    return torch.tensor(values, dtype=dtype, device="cpu")
+
+
 def _report(header: dict[str, Any], per_image: dict[str, list | None], seconds: float) -> AttackReport:
     """The report's aggregates from its per-image lists (run_attack and merge_reports both end here, so a
     merged report is computed exactly like an unchunked one; float32 values round-trip through lists)."""
-    y, pred_after = torch.tensor(per_image["labels"]), torch.tensor(per_image["pred_after"])
-    correct, success = torch.tensor(per_image["correct"]), torch.tensor(per_image["success"])
-    l2, linf, l0, rel_l2 = (torch.tensor(per_image[k], dtype=torch.float32) for k in ("l2", "linf", "l0", "rel_l2"))
+    y, pred_after = _host(per_image["labels"]), _host(per_image["pred_after"])
+    correct, success = _host(per_image["correct"]), _host(per_image["success"])
+    l2, linf, l0, rel_l2 = (_host(per_image[k], dtype=torch.float32) for k in ("l2", "linf", "l0", "rel_l2"))
     s = success.numpy()
     ok = lambda t: t.numpy()[s]  # noqa: E731  statistics over successful images
     n = len(y)
+    robust = {}
+    if per_image.get("p_misclassified") is not None:  # absent from reports cached before it existed
+        p_wrong = _host(per_image["p_misclassified"], dtype=torch.float64)
+        robust = dict(misclassification_probability=p_wrong[correct].mean().item() if correct.any() else None,
+                      robust_accuracy=(p_wrong < 0.5).double().mean().item())
     return AttackReport(
+        **robust,
         **header, n=n,
         clean_accuracy=correct.float().mean().item(),
         adversarial_accuracy=(pred_after == y).float().mean().item(),
@@ -148,14 +201,16 @@ def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def chunk_seed(seed: int, start: int) -> int:
     """The seed of the chunk starting at image ``start`` of a sweep seeded ``seed``."""
-    return seed * 1_000_003 + start
+    return seeding.derive(seed, "chunk", start)
 
 
 def run_attack_chunk(model: nn.Module, attack: Attack, images, labels, start: int, stop: int, *, seed: int = 0,
-                     eval_samples: int = 10, batch_size: int = 100, model_name: str = "model") -> AttackReport:
+                     eval_samples: int = 10, batch_size: int = 100, model_name: str = "model",
+                     eval_draws: int = 10) -> AttackReport:
     """One chunk of a sweep: images[start:stop] attacked with the chunk's own seed."""
     report, _ = run_attack(model, attack, images[start:stop], labels[start:stop], seed=chunk_seed(seed, start),
-                           eval_samples=eval_samples, batch_size=batch_size, model_name=model_name)
+                           eval_samples=eval_samples, batch_size=batch_size, model_name=model_name,
+                           eval_draws=eval_draws)
     return report
 
 
@@ -164,33 +219,59 @@ def merge_reports(reports: list[AttackReport], seed: int) -> AttackReport:
     if not reports:
         raise GenrobustError("nothing to merge: no chunk reports")
     first = reports[0]
-    keys = [k for k in first.per_image if first.per_image[k] is not None]
+    # a per-image list survives the merge only if every chunk has it (chunks cached before a field existed)
+    keys = [k for k in first.per_image if all(r.per_image.get(k) is not None for r in reports)]
     per_image = {k: [v for r in reports for v in r.per_image[k]] if k in keys else None for k in first.per_image}
     header = dict(model=first.model, attack=first.attack, params=first.params, seed=seed,
-                  eval_samples=first.eval_samples)
+                  eval_samples=first.eval_samples, device=first.device, eval_draws=first.eval_draws if "p_misclassified" in keys else None)
     return _report(header, per_image, sum(r.seconds for r in reports))
 
 
 def run_attack_chunked(model: nn.Module, attack: Attack, images, labels, *, seed: int = 0, chunk_size: int = 50,
-                       eval_samples: int = 10, batch_size: int = 100, model_name: str = "model") -> AttackReport:
+                       eval_samples: int = 10, batch_size: int = 100, model_name: str = "model",
+                       eval_draws: int = 10) -> AttackReport:
     """What a service sweep of (model, attack) computes, in one process: chunk by chunk, then merged."""
     x = check_images(images)
     y = check_labels(labels, len(x))
     return merge_reports([run_attack_chunk(model, attack, x, y, s, e, seed=seed, eval_samples=eval_samples,
-                                           batch_size=batch_size, model_name=model_name)
+                                           batch_size=batch_size, model_name=model_name, eval_draws=eval_draws)
                           for s, e in chunk_bounds(len(x), chunk_size)], seed)
 
 
 # Estimated model passes per image, in units of one K=10 gradient pass; the service runs an /attack
 # request inline below a work limit (images x cost) and as a job above it. An upper bound from the
 # iteration parameters: early-stopping attacks usually finish sooner.
+FORWARD = 0.5  # a forward pass in units of a gradient pass
+ACCEPT_SHARE = 0.25  # robust acceptance runs on candidates only: at most ~1 iteration in 4 per image
+
+
 def attack_cost(attack: Attack) -> float:
     p = attack.params
-    passes = 1.0
-    for field in ("steps", "binary_steps", "max_iter"):
-        passes *= getattr(p, field, 1)
-    if hasattr(p, "bisection_steps"):
-        passes += p.bisection_steps
-    if hasattr(p, "coords"):  # finite differences: 2 * coords + 1 forward queries per iteration
-        passes *= (2 * p.coords + 1) / 2
+    eot = getattr(p, "eot", 1) or 1  # EOT multiplies every gradient or score
+    iters = 1.0
+    for field in ("steps", "binary_steps", "max_iter", "restarts"):
+        iters *= getattr(p, field, 1) or 1
+    if hasattr(p, "coords"):  # finite differences: 2 * coords * eot + 1 forward queries per iteration
+        passes = iters * (2 * p.coords * eot + 1) * FORWARD
+    else:
+        passes = iters * eot
+    accept = getattr(p, "accept_draws", 0) * FORWARD  # R forwards per robust-acceptance test
+    passes += iters * accept * ACCEPT_SHARE
+    if hasattr(p, "bisection_steps"):  # one acceptance test per bisection step
+        passes += p.bisection_steps * max(accept, FORWARD)
+    passes *= len(attack.sequence()) if hasattr(attack, "sequence") else 1  # ensembles: attacks run in turn
     return passes * p.samples / 10
+
+
+# Images per sweep chunk when none is set: enough work per task that dispatch, result storage and the
+# merge stay small beside it, in units of images x attack_cost (one K=10 gradient pass per image).
+CHUNK_WORK = {"cpu": 2500.0, "cuda": 250_000.0}
+CHUNK_RANGE = {"cpu": (10, 2000), "cuda": (200, 10_000)}
+
+
+def default_chunk_size(attack: Attack, device: torch.device | str) -> int:
+    """Images per sweep chunk for ``attack`` on ``device``: ~50 images of a 50-step attack on a CPU, a few
+    thousand on a GPU (which only fills up with large batches of work)."""
+    kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    lo, hi = CHUNK_RANGE[kind]
+    return int(min(hi, max(lo, round(CHUNK_WORK[kind] / max(attack_cost(attack), 1e-9)))))

@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Data root; datasets live in <data_dir>/<DatasetName>/raw.")
     model_dir: Path = Field(Path("./models"), description="Where trained models and resumable runs are written.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="Where models run: auto (CUDA when present, else CPU), cpu, cuda or cuda:N. "
+                                    "The CLI's --device overrides it; workers use it for every task.")
 
     # ---- the service (app/, worker/); see docs/service.md
     redis_url: str | None = Field(
@@ -34,7 +37,22 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="/classify dynamic batching: how long the first "
                                                                   "request of a batch waits for others, in ms.")
     batch_max_images: int = Field(128, ge=1, description="/classify dynamic batching: most images in one pass.")
-    sweep_chunk: int = Field(50, ge=1, description="Images per sweep chunk (one task each, run in parallel).")
+    # backpressure: what the service cannot serve soon is refused at once (503 + Retry-After), not queued
+    classify_queue_images: int = Field(512, ge=1, description="/classify: most images admitted at once (waiting "
+                                                               "or in the running pass); more is refused with 503.")
+    classify_max_wait_ms: float = Field(
+        500.0, ge=0, description="/classify: refuse (503) a request whose images would wait longer than this for "
+                                 "the images ahead of them, estimated from recent passes; 0 turns the check off.")
+    classify_timeout_s: float = Field(30.0, gt=0, description="/classify: longest a request waits for its pass "
+                                                               "before it is answered 503.")
+    sweep_max_tasks: int = Field(1000, ge=1, description="Most tasks (models x attacks x chunks) one sweep may "
+                                                          "enqueue; more is refused with 422.")
+    inline_concurrency: int = Field(4, ge=1, description="Inline /attack and /detect requests computed at once by "
+                                                          "one API process; more are refused with 503.")
+    sweep_chunk: int | None = Field(
+        None, ge=1, description="Images per sweep chunk (one task each, run in parallel). Unset: sized to the "
+                                "device and the attack's cost (genrobust.robustness.default_chunk_size): about "
+                                "50 images of a K=10 gradient attack's work per chunk on a CPU, 40x that on CUDA.")
     visibility_timeout: int = Field(
         3600, ge=1, description="Redis broker: seconds before a task taken by a worker that vanished is given to "
                                 "another worker. Must exceed the longest task (a sweep chunk, a training run).")

@@ -3,8 +3,11 @@
 After every epoch the whole run state (weights, Adam moments, history) is written atomically to
 ``<model_dir>/runs/<name>/``, so Ctrl-C or a kill loses at most the epoch in progress; running the same
 command again resumes. The best epoch by validation accuracy is kept in the store under ``name``.
-Randomness is derived from (seed, epoch), so a resumed run draws the same batches and noise as an
-uninterrupted one.
+Randomness is derived from (seed, epoch) through ``genrobust.seeding``, so a resumed run draws the same
+batches and noise as an uninterrupted one. Training runs on one device (``device``, default
+``GENROBUST_DEVICE``): the data are moved there once, batches are indexed there and the latent noise comes
+from a generator there. Initial weights and batch order are drawn on the CPU, so they are the same on every
+device, and a run saved on one device resumes on another.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from tqdm import tqdm
 
 import genrobust
 from genrobust import data as data_mod
+from genrobust import seeding
+from genrobust.device import device_info, resolve_device
 from genrobust.errors import GenrobustError, validation_message
 from genrobust.evaluation import accuracy
 from genrobust.models import LatentClassifier, ModelConfig
-from genrobust.store import ModelStore, check_name, load_tensors, save_tensors, write_json
+from genrobust.store import CorruptStoreFile, ModelStore, check_name, load_tensors, save_tensors, write_json
 
 CARD_SAMPLES = 10  # K for the accuracies in a model card
 
@@ -39,7 +44,8 @@ class TrainConfig(BaseModel):
     epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training split.")
     batch_size: int = Field(100, ge=1, le=100_000, description="Images per Adam step.")
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate.")
-    seed: int = Field(0, ge=0, description="Seeds initial weights, batch order, dropout and latent noise.")
+    seed: int = Field(0, ge=0, le=seeding.SEED_MAX,
+                      description="Seeds initial weights, batch order, dropout and latent noise.")
     limit: int | None = Field(None, ge=1, description="Train on the first N training images only.")
     dataset: str = Field("fashion-mnist", description="Dataset to train on.")
     val_samples: int = Field(1, ge=1, description="K for the per-epoch validation used to pick the best epoch.")
@@ -49,10 +55,6 @@ class TrainConfig(BaseModel):
     kl_warmup: int = Field(0, ge=0, le=10_000, description="Epochs over which the KL term's weight rises "
                                                           "linearly from 0 to 1 (against posterior collapse, "
                                                           "e.g. for DBX); 0: the plain ELBO throughout.")
-
-
-def _rng_for(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -77,18 +79,20 @@ def _versions() -> dict[str, str]:
 class Trainer:
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig, name: str,
                  store: ModelStore | None = None, progress: bool = True, restart: bool = False,
-                 on_epoch: Callable[[int, int], None] | None = None):
+                 on_epoch: Callable[[int, int], None] | None = None, device: str | torch.device | None = None):
         """``on_epoch(epoch, epochs)`` is called after each epoch's state is saved (the service reports
-        progress and checks for cancellation there; an exception it raises leaves a resumable run)."""
+        progress and checks for cancellation there; an exception it raises leaves a resumable run).
+        ``device``: a torch device or a device setting (default ``GENROBUST_DEVICE``)."""
         self.on_epoch = on_epoch
+        self.device = resolve_device(device)
         self.name = check_name(name)
         self.store = store or ModelStore()
         self.model_config, self.cfg, self.progress = model_config, train_config, progress
         self.run_dir = self.store.root / "runs" / name
         if restart and self.run_dir.exists():
             shutil.rmtree(self.run_dir)
-        torch.manual_seed(_rng_for(train_config.seed, 0))  # initial weights
-        self.model = LatentClassifier(model_config)
+        torch.manual_seed(seeding.derive(train_config.seed, "weights"))  # initial weights, drawn on the CPU
+        self.model = LatentClassifier(model_config).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=train_config.lr)
         self.state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_val": -1.0, "seconds": 0.0, "history": []}
         self.resumed_from = 0  # the epoch an unfinished run was resumed after (0: fresh run)
@@ -99,7 +103,12 @@ class Trainer:
         meta_path = self.run_dir / "state.json"
         if not meta_path.is_file():
             return
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+            meta["model_config"], meta["train_config"], meta["optimizer"], meta["state"]["epoch"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptStoreFile(f"corrupt run state {meta_path} ({type(exc).__name__}: {exc}); use --restart "
+                                   "(API: \"restart\": true) to discard the unfinished run") from None
         if meta["model_config"] != self.model_config.model_dump(mode="json"):
             raise GenrobustError(
                 f"an unfinished run named {self.name!r} has a different architecture; use --restart to "
@@ -135,6 +144,7 @@ class Trainer:
             "epochs": self.state["epoch"], "best_epoch": self.state["best_epoch"],
             "wall_seconds": round(self.state["seconds"], 1),
             "history": self.state["history"],
+            "trained_on": device_info(self.device),
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **extra,
@@ -143,8 +153,8 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        train = data_mod.load(cfg.dataset, "train", cfg.limit)
-        val = data_mod.load(cfg.dataset, "validation")
+        train = data_mod.load(cfg.dataset, "train", cfg.limit).to(self.device)  # moved once, indexed there
+        val = data_mod.load(cfg.dataset, "validation").to(self.device)
         self.n_train = len(train)
         counts = torch.bincount(train.labels, minlength=self.model_config.num_classes).clamp_min(1)
         self.model.log_prior_y.copy_((counts / counts.sum()).log())
@@ -179,14 +189,19 @@ class Trainer:
     def _epoch(self, train: data_mod.Data, epoch: int) -> tuple[float, float]:
         cfg, model = self.cfg, self.model
         model.train()
-        torch.manual_seed(_rng_for(cfg.seed, epoch))  # dropout + reparameterisation noise
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(_rng_for(cfg.seed, epoch)))
-        total_loss = correct = seen = 0.0
-        measured = 0  # batches the running accuracy was computed on
+        torch.manual_seed(seeding.derive(cfg.seed, "training", epoch, 0))  # dropout (CPU and CUDA generators)
+        # batch order on the CPU (the same on every device), moved once; latent noise from the device
+        order = torch.randperm(len(train), generator=seeding.generator(cfg.seed, "training", epoch, 1),
+                               device="cpu").to(self.device)
+        noise = seeding.generator(cfg.seed, "training", epoch, 2, device=self.device)
+        # running sums stay on the device: no host sync per step
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = measured = 0  # images seen; batches the running accuracy was computed on
         steps = math.ceil(len(train) / cfg.batch_size)
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=not self.progress,
                    leave=False)
-        all_classes = torch.arange(self.model_config.num_classes)
+        all_classes = torch.arange(self.model_config.num_classes, device=self.device)
         for step in bar:
             if cfg.schedule == "cosine":  # a function of (epoch, step) only, so resuming needs no scheduler state
                 progress = (epoch - 1 + step / steps) / cfg.epochs
@@ -194,28 +209,30 @@ class Trainer:
                     group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x, y = train.images[idx], train.labels[idx]
-            loss = -model.elbo(x, y, kl_weight=self._kl_weight(epoch, step / steps)).mean()
+            loss = -model.elbo(x, y, noise, kl_weight=self._kl_weight(epoch, step / steps)).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            total_loss += loss.item() * len(y)
+            total_loss += loss.detach() * len(y)
             seen += len(y)
             if step % 10 == 0:  # running accuracy on a K=1 pass every 10th batch: cheap, and a live signal
                 with torch.no_grad():
-                    lw = model.log_weights(x, all_classes.expand(len(y), -1), 1)[..., 0]
-                    correct += (lw.argmax(-1) == y).float().mean().item()
+                    lw = model.log_weights(x, all_classes.expand(len(y), -1), 1, noise)[..., 0]
+                    correct += (lw.argmax(-1) == y).float().mean()
                 measured += 1
-                bar.set_postfix(loss=f"{total_loss / seen:.2f}", acc=f"{correct / measured:.3f}")
-        if not math.isfinite(total_loss):
+                if self.progress and step % 50 == 0:  # the bar's figures are the only per-step host syncs
+                    bar.set_postfix(loss=f"{total_loss.item() / seen:.2f}", acc=f"{correct.item() / measured:.3f}")
+        loss_mean, acc = total_loss.item() / seen, correct.item() / measured
+        if not math.isfinite(loss_mean):
             raise GenrobustError(f"training diverged at epoch {epoch} (non-finite loss); try a smaller --lr")
-        return total_loss / seen, correct / measured
+        return loss_mean, acc
 
     def _finish(self) -> dict[str, Any]:
         """Reload the best epoch, measure the card's accuracies at K=10 and publish the final card."""
         model, _ = self.store.load(self.name)
         self.model.load_state_dict(model.state_dict())
-        val = data_mod.load(self.cfg.dataset, "validation")
-        test = data_mod.load(self.cfg.dataset, "test", self.cfg.test_limit)
+        val = data_mod.load(self.cfg.dataset, "validation").to(self.device)
+        test = data_mod.load(self.cfg.dataset, "test", self.cfg.test_limit).to(self.device)
         val_r = accuracy(self.model, val.images, val.labels, CARD_SAMPLES, seed=0, progress=self.progress,
                          desc="validation K=10")
         test_r = accuracy(self.model, test.images, test.labels, CARD_SAMPLES, seed=0, progress=self.progress,

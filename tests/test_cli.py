@@ -21,7 +21,7 @@ def test_cli_trains_lists_and_evaluates(env, capsys):
     assert main(["evaluate", "cli-tiny", "--limit", "30", "--samples", "3", "--seed", "5", "--json",
                  "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"model", "split", "n", "samples", "accuracy", "seconds"}
+    assert set(out) == {"model", "split", "n", "samples", "accuracy", "seconds", "device"}
     assert out["model"] == "cli-tiny" and out["n"] == 30 and out["samples"] == 3 and out["split"] == "test"
     assert 0.0 <= out["accuracy"] <= 1.0
     # same seed, same accuracy; validation split works

@@ -10,10 +10,9 @@ from typing import Any
 import torch
 
 from genrobust.attacks import make_attack
-from genrobust.data import check_images, check_labels
+from genrobust.data import check_images
 from genrobust.detection import load_detector
-from genrobust.evaluation import batched_logits
-from genrobust.robustness import run_attack
+from genrobust.robustness import labels_for, run_attack
 from worker import runtime
 
 
@@ -24,16 +23,13 @@ def attack(model: str, attack: str, params: dict[str, Any], images, labels: list
     atk = make_attack(attack, params)
     net = runtime.load_model(model)
     x = check_images(images).to(runtime.device())
-    if labels is None:
-        y = batched_logits(net, x, eval_samples, seed).argmax(1).cpu()
-    else:
-        y = check_labels(labels, len(x))
+    y = labels_for(net, x, labels, seed=seed, samples=eval_samples)
     report, adv = run_attack(net, atk, x, y, seed=seed, eval_samples=eval_samples, model_name=model)
     p = report.per_image
     return {"adversarial_images": adv.squeeze(1).cpu().tolist(), "labels": p["labels"],
             "predictions_before": p["pred_before"], "predictions_after": p["pred_after"],
             "success": p["success"], "l2": p["l2"], "linf": p["linf"], "seconds": report.seconds,
-            "queries": p["queries"], "summary": report.summary()}
+            "queries": p["queries"], "p_misclassified": p.get("p_misclassified"), "summary": report.summary()}
 
 
 def detect(model: str, detector: str, images: torch.Tensor, seed: int = 0) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from genrobust import data
+from genrobust.device import resolve_device
 from genrobust.settings import get_settings
 from genrobust.store import ModelStore
 
@@ -25,8 +27,9 @@ MAX_CACHED = 16
 
 @lru_cache
 def device() -> torch.device:
-    """CUDA when this process sees a GPU, else CPU (decided lazily, in the process that computes)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device from GENROBUST_DEVICE (auto: CUDA when the process sees a GPU, else CPU),
+    decided lazily, in the process that computes. Every task and inline call computes there."""
+    return resolve_device(get_settings().device)
 
 
 def set_threads(share: int = 1) -> None:
@@ -64,3 +67,16 @@ def cached(kind: str, name: str, build) -> Any:
 def load_model(name: str):
     """The stored model, in eval mode on this process's device, loaded once."""
     return cached("model", name, lambda st, n: st.load(n, device())[0])
+
+
+_data_lock = threading.Lock()
+_datasets: dict[tuple[str, str], data.Data] = {}
+
+
+def dataset(name: str, split: str) -> data.Data:
+    """A whole split on this process's device, loaded and moved once per process (sweep chunks slice it)."""
+    key = (name, split)
+    with _data_lock:
+        if key not in _datasets:
+            _datasets[key] = data.load(name, split).to(device())
+        return _datasets[key]

@@ -8,7 +8,10 @@ from typing import Any
 
 from celery import chord, uuid
 
-from genrobust.robustness import chunk_bounds
+from genrobust.attacks import make_attack
+from genrobust.errors import GenrobustError
+from genrobust.device import resolve_device
+from genrobust.robustness import chunk_bounds, default_chunk_size
 from genrobust.settings import get_settings
 from worker import tasks
 from worker.celery import app
@@ -56,17 +59,23 @@ def study(request: dict[str, Any]) -> JobRecord:
 def sweep(request: dict[str, Any]) -> JobRecord:
     """models x attacks, each over ``limit`` images cut into chunks: one task per chunk (a chord header, run
     by any number of workers), merged by one callback. Chunks follow genrobust.robustness.chunk_bounds, so
-    the result equals ``run_attack_chunked`` in one process."""
-    chunk = request.get("chunk_size") or get_settings().sweep_chunk
-    bounds = chunk_bounds(request["limit"], chunk)
+    the result equals ``run_attack_chunked`` in one process with the same chunk size. The chunk size is the
+    request's, else GENROBUST_SWEEP_CHUNK, else sized per attack to its cost and the device."""
+    fixed = request.get("chunk_size") or get_settings().sweep_chunk
+    device = resolve_device(get_settings().device)
+    chunks = [fixed or default_chunk_size(make_attack(a["attack"], a["params"]), device) for a in request["attacks"]]
+    bounds = [chunk_bounds(request["limit"], c) for c in chunks]  # per attack
     pairs = [(m, i) for m in request["models"] for i in range(len(request["attacks"]))]
-    job = job_store().create("sweep", request | {"chunk_size": chunk}, total=len(pairs) * len(bounds))
+    n_tasks, most = sum(len(bounds[i]) for _, i in pairs), get_settings().sweep_max_tasks
+    if n_tasks > most:  # each task is a broker message and a result: bound what one request can enqueue
+        raise GenrobustError(f"this sweep would be {n_tasks} tasks (models x attacks x chunks), at most {most} "
+                             "(GENROBUST_SWEEP_MAX_TASKS): use a larger chunk_size, fewer images, models or attacks")
+    job = job_store().create("sweep", request | {"chunk_size": fixed, "chunk_sizes": chunks}, total=n_tasks)
     header = [tasks.sweep_chunk.s(job_id=job.id, model=m, attack_index=i, attack=request["attacks"][i]["attack"],
-                                  params=request["attacks"][i]["params"], start=s, stop=e, limit=request["limit"],
-                                  split=request["split"], seed=request["seed"],
-                                  eval_samples=request["eval_samples"]).set(task_id=uuid())
-              for m, i in pairs for s, e in bounds]
-    callback = tasks.sweep_merge.s(job_id=job.id, pairs=pairs, starts=[s for s, _ in bounds],
+                                  params=request["attacks"][i]["params"], start=s, stop=e, split=request["split"],
+                                  seed=request["seed"], eval_samples=request["eval_samples"]).set(task_id=uuid())
+              for m, i in pairs for s, e in bounds[i]]
+    callback = tasks.sweep_merge.s(job_id=job.id, pairs=pairs, starts=[[s for s, _ in b] for b in bounds],
                                    seed=request["seed"]).set(task_id=uuid())
     job_store().update(job.id, task_ids=[h.id for h in header] + [callback.id])
     return _enqueue(job, lambda: chord(header)(callback))

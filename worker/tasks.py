@@ -15,6 +15,7 @@ from pathlib import Path
 from celery import Task, signals
 from celery.exceptions import Ignore
 
+from genrobust.device import is_out_of_memory
 from genrobust.errors import GenrobustError
 from genrobust.settings import get_settings
 from worker import calls, runtime
@@ -37,6 +38,9 @@ def public_error(exc: BaseException) -> str:
     """A job's error message: a user-fixable problem verbatim, anything else without internals."""
     if isinstance(exc, GenrobustError):
         return str(exc)
+    if is_out_of_memory(exc):
+        return (f"out of memory on {runtime.device()}: lower the work per task (the sweep's chunk_size or "
+                f"GENROBUST_SWEEP_CHUNK, the training batch_size, the study's limit) or run on a larger device")
     return f"internal error ({type(exc).__name__}); see the worker log"
 
 
@@ -48,6 +52,9 @@ class JobTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         if not isinstance(exc, Ignore):
             job_store().update(kwargs["job_id"], state="failed", error=public_error(exc))
+        if is_out_of_memory(exc):
+            import torch
+            torch.cuda.empty_cache()  # hand the cached blocks back so the next task starts clean
 
 
 def task(name: str):
@@ -81,7 +88,7 @@ def train(self, *, job_id: str, config: dict, training: dict, name: str, restart
     # a re-delivered task (its worker died) resumes the saved run instead of restarting it
     restart = restart and not (self.request.delivery_info or {}).get("redelivered")
     trainer = Trainer(ModelConfig(**config), TrainConfig(**training), name, store=runtime.store(),
-                      progress=False, restart=restart, on_epoch=on_epoch)
+                      progress=False, restart=restart, on_epoch=on_epoch, device=runtime.device())
     card = trainer.fit()
     store.update(job_id, state="succeeded", result={"model": name, "card": card})
     return {"model": name}
@@ -96,34 +103,36 @@ def attack(self, *, job_id: str, request: dict) -> dict:
 
 @task("sweep_chunk")
 def sweep_chunk(self, *, job_id: str, model: str, attack_index: int, attack: str, params: dict, start: int,
-                stop: int, limit: int, split: str, seed: int, eval_samples: int) -> dict:
-    from genrobust import data
+                stop: int, split: str, seed: int, eval_samples: int, limit: int | None = None) -> dict:
     from genrobust.attacks import make_attack
+    from genrobust.data import dataset_of
     from genrobust.robustness import run_attack_chunk
 
     net = runtime.load_model(model)
-    card = runtime.store().card(model)
-    images = data.load(card.get("dataset", {}).get("name", "fashion-mnist"), split, limit)
-    report = run_attack_chunk(net, make_attack(attack, params), images.images.to(runtime.device()),
-                              images.labels, start, stop, seed=seed, eval_samples=eval_samples, model_name=model)
+    images = runtime.dataset(dataset_of(runtime.store().card(model)), split)  # on the device, once per process
+    report = run_attack_chunk(net, make_attack(attack, params), images.images, images.labels, start, stop,
+                              seed=seed, eval_samples=eval_samples, model_name=model)
     job_store().advance(job_id)
     return {"model": model, "attack_index": attack_index, "start": start, "report": report.model_dump(mode="json")}
 
 
 @task("sweep_merge")
-def sweep_merge(self, chunks: list[dict], *, job_id: str, pairs: list[list], starts: list[int], seed: int) -> dict:
+def sweep_merge(self, chunks: list[dict], *, job_id: str, pairs: list[list], starts: list[list[int]],
+                seed: int) -> dict:
+    """``starts[i]``: the chunk starts of attack i (chunk sizes differ per attack)."""
     from genrobust.robustness import AttackReport, merge_reports
 
     # keyed, so a chunk that ran twice (re-delivered after a worker loss) counts once
     by_key = {(c["model"], c["attack_index"], c["start"]): c["report"] for c in chunks}
     reports = []
     for model, attack_index in pairs:
-        missing = [s for s in starts if (model, attack_index, s) not in by_key]
+        missing = [s for s in starts[attack_index] if (model, attack_index, s) not in by_key]
         if missing:
             raise GenrobustError(f"sweep incomplete: {model} / attack {attack_index} lacks chunks at {missing}")
-        reports.append(merge_reports([AttackReport(**by_key[(model, attack_index, s)]) for s in starts], seed)
-                       .model_dump(mode="json"))
-    job_store().update(job_id, state="succeeded", result={"reports": reports, "chunks": len(starts) * len(pairs)})
+        reports.append(merge_reports([AttackReport(**by_key[(model, attack_index, s)]) for s in starts[attack_index]],
+                                     seed).model_dump(mode="json"))
+    job_store().update(job_id, state="succeeded", result={"reports": reports,
+                                                                 "chunks": sum(len(starts[i]) for _, i in pairs)})
     return {"reports": len(reports)}
 
 
@@ -138,7 +147,8 @@ def study(self, *, job_id: str, request: dict) -> dict:
         checkpoint(job_id)
 
     out = Path(get_settings().data_dir) / "studies" / job_id
-    results = reproduce(StudyConfig(**request, out=out), store=runtime.store(), progress=progress)
+    results = reproduce(StudyConfig(**request, out=out), store=runtime.store(), progress=progress,
+                        device=runtime.device())
     # the tables (with verdicts) go in the job record; the report, figures and full results.json stay in `out`
     store.update(job_id, state="succeeded", result={"out": str(out), "seconds": results["seconds"],
                                                     "tables": results["tables"]})

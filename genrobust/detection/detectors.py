@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from genrobust.device import module_device
 from genrobust.errors import GenrobustError
 from genrobust.evaluation import batched_logits
 from genrobust.models import LatentClassifier
@@ -94,11 +95,28 @@ class Detector(ABC):
     def _groups(self, labels: torch.Tensor) -> torch.Tensor:
         return labels if self.per_class else torch.zeros_like(labels)
 
+    # ------------------------------------------------------------------ device
+    def _stats(self) -> dict[str, torch.Tensor]:
+        """The fitted statistics; they live on the model's device and move with ``to``."""
+        return {k: v for k, v in (("mu", self.mu), ("sigma", self.sigma)) if v is not None}
+
+    def to(self, device: torch.device | str) -> "Detector":
+        """Move the model and the fitted statistics to ``device``."""
+        self.model.to(device)
+        for k, v in self._stats().items():
+            setattr(self, k, v.to(device))
+        return self
+
+    def _on(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu and sigma on the logits' device (a no-op where they already are, e.g. after ``to``)."""
+        return self.mu.to(logits.device), self.sigma.to(logits.device)
+
     def standardise(self, logits: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._require_fitted()
+        mu, sigma = self._on(logits)
         score = self.raw_score(logits, pred)
         g = self._groups(pred)
-        z = (score - self.mu[g]) / self.sigma[g]
+        z = (score - mu[g]) / sigma[g]
         return (-z if self.reject_above else z), score
 
     # ------------------------------------------------------------------ fitting from logits
@@ -114,8 +132,8 @@ class Detector(ABC):
         score = self.raw_score(logits, labels)
         groups = logits.shape[1] if self.per_class else 1
         g = self._groups(labels)
-        mu = torch.full((groups,), score.mean().item())
-        sigma = torch.full((groups,), score.std().clamp_min(MIN_SIGMA).item())
+        mu = torch.full((groups,), score.mean().item(), device=logits.device)
+        sigma = torch.full((groups,), score.std().clamp_min(MIN_SIGMA).item(), device=logits.device)
         pooled = []
         for c in range(groups):
             s = score[g == c]
@@ -145,7 +163,8 @@ class Detector(ABC):
         z, score = self.standardise(logits.float(), pred)
         g = self._groups(pred)
         sign = 1.0 if self.reject_above else -1.0
-        threshold = self.mu[g] + sign * self.alpha * self.sigma[g]
+        mu, sigma = self._on(logits)
+        threshold = mu[g] + sign * self.alpha * sigma[g]
         return Detection(is_adversarial=z < -self.alpha, score=score, threshold=threshold, prediction=pred, z=z)
 
     # ------------------------------------------------------------------ fitting from images
@@ -158,7 +177,7 @@ class Detector(ABC):
             progress: bool = False) -> "Detector":
         """Fit on clean training images with true labels; calibrate alpha on ``x_heldout`` (default: x)."""
         logits = self.logits_of(x, progress=progress, desc=f"fit {self.name}")
-        self.fit_logits(logits, torch.as_tensor(y))
+        self.fit_logits(logits, torch.as_tensor(y, device=logits.device))
         held = logits if x_heldout is None else self.logits_of(x_heldout, progress=progress, desc="calibrate")
         return self.calibrate_logits(held, fpr)
 
@@ -185,8 +204,9 @@ class Detector(ABC):
     @classmethod
     def from_dict(cls, state: dict[str, Any], model: LatentClassifier, model_name: str = "this model") -> "Detector":
         det = cls(model, samples=int(state["samples"]), seed=int(state["seed"]), model_name=model_name)
-        det.mu = torch.tensor(state["mu"], dtype=torch.float32)
-        det.sigma = torch.tensor(state["sigma"], dtype=torch.float32)
+        device = module_device(model)  # statistics live where the model computes
+        det.mu = torch.tensor(state["mu"], dtype=torch.float32, device=device)
+        det.sigma = torch.tensor(state["sigma"], dtype=torch.float32, device=device)
         det.alpha = float(state["alpha"])
         det.info = dict(state.get("info", {}))
         det.load_extra_state(state)
@@ -233,12 +253,15 @@ class KLDetector(Detector):
         self.pbar = torch.stack([probs[labels == c].mean(0) if (labels == c).any() else pooled for c in range(C)])
 
     def raw_score(self, logits, pred):
-        p = self.pbar[pred]
+        p = self.pbar.to(logits.device)[pred]
         # xlogy: 0 log 0 = 0 where a class never gets probability mass (sharply peaked generative posteriors)
         return (torch.xlogy(p, p) - p * logits.log_softmax(1)).sum(1)
+
+    def _stats(self):
+        return super()._stats() | ({"pbar": self.pbar} if self.pbar is not None else {})
 
     def extra_state(self):
         return {"pbar": self.pbar.tolist()}
 
     def load_extra_state(self, state):
-        self.pbar = torch.tensor(state["pbar"], dtype=torch.float32)
+        self.pbar = torch.tensor(state["pbar"], dtype=torch.float32, device=module_device(self.model))

@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genrobust import data
+import torch
+
+from genrobust import data, seeding
+from genrobust.device import device_info, resolve_device
 from genrobust.detection.detectors import DEFAULT_FPR, DETECTORS, Detector, check_applicable
 from genrobust.errors import GenrobustError
 from genrobust.evaluation import batched_logits
 from genrobust.models import LatentClassifier
-from genrobust.store import ModelStore, check_name, write_json
+from genrobust.store import CorruptStoreFile, ModelStore, check_name, write_json
 
 SUBDIR = "detectors"
 
@@ -40,41 +43,44 @@ def detectors_path(store: ModelStore, model_name: str) -> Path | None:
 
 def fit_detectors(store: ModelStore, model_name: str, *, model: LatentClassifier | None = None, samples: int = 10,
                   seed: int = 0, limit: int | None = None, fpr: float = DEFAULT_FPR, data_root=None,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, device: str | torch.device | None = None) -> dict[str, Any]:
     """Fit every detector on the model's training split (true labels, correctly classified images only),
     calibrate alpha on the validation split (held out from training) and save. The logits are computed
-    once per split and shared by all detectors. Returns the saved record."""
+    once per split and shared by all detectors, on the given model's device (or, without a model, on
+    ``device``, default ``GENROBUST_DEVICE``). Returns the saved record."""
     if model is None:
-        model, card = store.load(model_name)
+        model, card = store.load(model_name, resolve_device(device))
     else:
         card = store.card(model_name)
     check_applicable(model, model_name)
-    dataset = card.get("dataset", {}).get("name", "fashion-mnist")
+    dataset = data.dataset_of(card)
     t0 = time.perf_counter()
     train = data.load(dataset, "train", limit=limit, root=data_root)
     held = data.load(dataset, "validation", limit=limit, root=data_root)
-    train_logits = batched_logits(model, train.images, samples, seed, progress=progress, desc="fit: training set")
-    held_logits = batched_logits(model, held.images, samples, seed + 1, progress=progress,
+    train_logits = batched_logits(model, train.images, samples, seeding.derive(seed, "fit", 0), progress=progress,
+                                  desc="fit: training set")
+    held_logits = batched_logits(model, held.images, samples, seeding.derive(seed, "fit", 1), progress=progress,
                                  desc="calibrate: validation set")
     fitted = {}
     for name, cls in DETECTORS.items():
         det = cls(model, samples=samples, seed=seed, model_name=model_name)
-        det.fit_logits(train_logits, train.labels).calibrate_logits(held_logits, fpr)
+        det.fit_logits(train_logits, train.labels.to(train_logits.device)).calibrate_logits(held_logits, fpr)
         fitted[name] = det.to_dict()
     record = {"model": model_name, "dataset": dataset, "samples": samples, "seed": seed, "fpr": fpr,
               "n_train": len(train), "n_calibrate": len(held), "seconds": round(time.perf_counter() - t0, 2),
-              "detectors": fitted}
+              "fitted_on": device_info(train_logits.device), "detectors": fitted}
     write_json(store.root / SUBDIR / f"{model_name}.json", record)
     return record
 
 
 def load_detector(store: ModelStore, model_name: str, detector: str = "logit",
-                  model: LatentClassifier | None = None) -> Detector:
-    """A fitted detector of a stored model. Raises DetectionNotApplicable for DFX/DBX and GenrobustError
+                  model: LatentClassifier | None = None, device: str | torch.device | None = None) -> Detector:
+    """A fitted detector of a stored model, its statistics on the model's device (the given model's, else
+    ``device``, default ``GENROBUST_DEVICE``). Raises DetectionNotApplicable for DFX/DBX and GenrobustError
     when the model has no fitted detectors yet."""
     check_detector(detector)
     if model is None:
-        model, _ = store.load(model_name)
+        model, _ = store.load(model_name, resolve_device(device))
     check_applicable(model, model_name)
     path = detectors_path(store, model_name)
     if path is None:
@@ -82,5 +88,6 @@ def load_detector(store: ModelStore, model_name: str, detector: str = "logit",
     try:
         state = json.loads(path.read_text())["detectors"][detector]
         return DETECTORS[detector].from_dict(state, model, model_name)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise GenrobustError(f"corrupt detectors file {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError,
+            IndexError, RuntimeError) as exc:  # anything a truncated or edited file can make the parsing raise
+        raise CorruptStoreFile(f"corrupt detectors file {path}: {type(exc).__name__}: {exc}") from None

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genrobust.attacks import ATTACKS
 from genrobust.detection import DEFAULT_FPR
+from genrobust.seeding import SEED_MAX
 from genrobust.store import check_name
 
 STUDY_MODELS = ["fmnist-dfz", "fmnist-gfz"]
@@ -26,7 +27,7 @@ class StudyConfig(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                               description="Per-attack parameter overrides; library defaults otherwise.")
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=10_000, description="Test images attacked per model and attack.")
-    seed: int = Field(0, ge=0, description="Seeds attacks, evaluation and detection.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seeds attacks, evaluation and detection.")
     eval_samples: int = Field(10, ge=1, le=1000, description="K for judging success with fresh noise.")
     clean_limit: int = Field(1000, ge=1, le=10_000,
                              description="Clean test images for the false-positive rate and the ROC negatives.")

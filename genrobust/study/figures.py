@@ -12,7 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+from genrobust.data import CLASS_NAMES  # noqa: E402
+
+FASHION = CLASS_NAMES["fashion-mnist"]
 
 
 def _label(c: int) -> str:

@@ -18,11 +18,12 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from genrobust import data
+from genrobust import data, seeding
 from genrobust.attacks import Attack, make_attack
 from genrobust.attacks.detector_aware_pgd import DetectorAwarePGD
 from genrobust.detection import (DETECTORS, Detection, Detector, detection_rate, detectors_path,
                                  false_positive_rate, fit_detectors, load_detector, roc)
+from genrobust.device import device_info, resolve_device
 from genrobust.errors import GenrobustError
 from genrobust.evaluation import batched_logits
 from genrobust.models import LatentClassifier
@@ -31,7 +32,6 @@ from genrobust.store import ModelStore, load_tensors, save_tensors, write_json
 from genrobust.study import figures, report
 from genrobust.study.config import StudyConfig
 
-DETECT_SEED_OFFSET = 2_000_003  # detection noise: a stream neither the attacker nor the evaluator uses
 Progress = Callable[[float], None]
 
 
@@ -59,6 +59,7 @@ def cached_attack(cache: Path, model: LatentClassifier, model_name: str, card: d
             pass  # a damaged cache entry is recomputed
     rep, adv = run_attack(model, attack, x, y, seed=config.seed, eval_samples=config.eval_samples,
                           model_name=model_name, progress=True)
+    adv = adv.cpu()  # the study keeps images on the host (figures, cache); logits move them back as needed
     save_tensors(st, {"adversarial": adv})
     write_json(js, rep.model_dump(mode="json"))  # written last: its presence marks a complete entry
     return rep, adv, False
@@ -97,10 +98,12 @@ def _accuracy(card: dict, key: str) -> float | None:
 
 
 def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Progress | None = None,
-              data_root=None) -> dict[str, Any]:
+              data_root=None, device: str | torch.device | None = None) -> dict[str, Any]:
     """Run the study and write ``config.out``/{report.md, report.html, results.json, figures/*.png}.
-    ``progress`` receives the completed fraction (0..1) after every step. Returns the results dict."""
+    ``progress`` receives the completed fraction (0..1) after every step. Models run on ``device`` (default
+    ``GENROBUST_DEVICE``); results do not depend on it beyond float rounding. Returns the results dict."""
     store = store or ModelStore()
+    device = resolve_device(device)
     t_start = time.perf_counter()
     cards = {m: store.card(m) for m in config.models}  # unknown models fail before any work
     unknown = sorted(set(config.params) - set(config.attacks))
@@ -126,16 +129,17 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
 
     results: dict[str, Any] = {"config": config.model_dump(mode="json"), "models": {}, "attacks": {}, "adaptive": {},
                                "examples": {}, "environment": {"torch": torch.__version__, "threads":
-                                                               torch.get_num_threads(), "machine": platform.machine()}}
+                                                               torch.get_num_threads(), "machine": platform.machine(),
+                                                               **device_info(device)}}
     for m in config.models:
-        model, card = store.load(m)
-        dataset = card.get("dataset", {}).get("name", "fashion-mnist")
+        model, card = store.load(m, device)
+        dataset = data.dataset_of(card)
         test = data.load(dataset, "test", limit=max(config.limit, config.clean_limit), root=data_root)
         x, y = test.images[:config.limit], test.labels[:config.limit]
         dets = _detectors(store, m, model, config, data_root)
         clean_x, clean_y = test.images[:config.clean_limit], test.labels[:config.clean_limit]
         det_samples = next(iter(dets.values())).samples if dets else 10
-        clean_logits = batched_logits(model, clean_x, det_samples, config.seed + DETECT_SEED_OFFSET,
+        clean_logits = batched_logits(model, clean_x, det_samples, seeding.derive(config.seed, "detector", 0),
                                       progress=True, desc=f"{m}: clean test")
         clean = {d: det.detect_logits(clean_logits) for d, det in dets.items()} if dets else {}
         results["models"][m] = {
@@ -155,7 +159,7 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
                      "pred_after": rep.per_image["pred_after"], "pred_before": rep.per_image["pred_before"],
                      "l2": rep.per_image["l2"]}
             entry["detection"] = (_detection(dets, model, clean, adv, rep.per_image["success"],
-                                             config.seed + DETECT_SEED_OFFSET + 1) if dets else None)
+                                             seeding.derive(config.seed, "detector", 1)) if dets else None)
             results["attacks"][m][a] = entry
             advs[a] = adv
             step(f"{m}: {a}")
@@ -186,7 +190,7 @@ def _adaptive(cache, model, m, card, x, y, dets, clean, config: StudyConfig, ste
         rep, adv, hit = cached_attack(cache, model, m, card, attack, x, y, config,
                                       extra_key=logit.to_dict() if label != "pgd" else None)
         det = _detection({"logit": logit}, model, clean, adv, rep.per_image["success"],
-                         config.seed + DETECT_SEED_OFFSET + 2)["logit"]
+                         seeding.derive(config.seed, "detector", 2))["logit"]
         success = torch.tensor(rep.per_image["success"])
         correct = torch.tensor(rep.per_image["correct"])
         evade = success & ~torch.tensor(det["flagged"])
