@@ -50,3 +50,23 @@ def env(tmp_path, monkeypatch, fmnist_root):
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.rand(6, 1, 28, 28, generator=g)
+
+
+def interrupt_in_epoch(monkeypatch, trainer, epoch: int, check=None) -> None:
+    """Run ``trainer.fit()`` until ``epoch`` starts, as if Ctrl-C came then: earlier epochs are saved, that
+    one is lost. ``check(train)`` sees the training data of every epoch that runs."""
+    from genrobust.training import Trainer
+
+    real_epoch = Trainer._epoch
+
+    def crashing(self, train, e):
+        if check is not None:
+            check(train)
+        if e == epoch:
+            raise KeyboardInterrupt
+        return real_epoch(self, train, e)
+
+    monkeypatch.setattr(Trainer, "_epoch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.setattr(Trainer, "_epoch", real_epoch)

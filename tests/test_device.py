@@ -22,7 +22,7 @@ from genrobust.robustness import default_chunk_size, labels_for, run_attack
 from genrobust.settings import Settings
 from genrobust.store import ModelStore
 from genrobust.training import Trainer, TrainConfig
-from tests.conftest import TINY, tiny_model
+from tests.conftest import TINY, interrupt_in_epoch, tiny_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -159,18 +159,11 @@ def test_resume_on_another_device_equals_the_uninterrupted_cpu_run(env, monkeypa
 
     part = _trainer("moved", 2, first)
     assert all(p.device.type == first for p in part.model.parameters())
-    real_epoch = Trainer._epoch
 
-    def crash_on_second(self, train, epoch):
-        assert train.images.device.type == first  # the data were moved to the device once
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, train, epoch)
+    def on_device(train):  # the data were moved to the device once
+        assert train.images.device.type == first
 
-    monkeypatch.setattr(Trainer, "_epoch", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        part.fit()
-    monkeypatch.setattr(Trainer, "_epoch", real_epoch)
+    interrupt_in_epoch(monkeypatch, part, 2, on_device)
 
     again = _trainer("moved", 2, second)
     assert again.resumed_from == 1

@@ -7,7 +7,7 @@ from genrobust.errors import GenrobustError
 from genrobust.models import ModelConfig
 from genrobust.store import ModelStore
 from genrobust.training import Trainer, TrainConfig
-from tests.conftest import TINY
+from tests.conftest import TINY, interrupt_in_epoch
 
 CFG = dict(limit=200, test_limit=50, batch_size=50, val_samples=1)
 
@@ -36,18 +36,7 @@ def test_resume_matches_uninterrupted_run(env, monkeypatch):
     straight.fit()
 
     # Interrupt the second epoch of another run: the first is saved, the second lost.
-    part = _trainer("resumed", 2)
-    real_epoch = Trainer._epoch
-
-    def crash_on_second(self, train, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, train, epoch)
-
-    monkeypatch.setattr(Trainer, "_epoch", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        part.fit()
-    monkeypatch.setattr(Trainer, "_epoch", real_epoch)
+    interrupt_in_epoch(monkeypatch, _trainer("resumed", 2), 2)
 
     again = _trainer("resumed", 2)
     assert again.resumed_from == 1
