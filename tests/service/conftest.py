@@ -3,6 +3,7 @@ processes, tiny models in a temporary store, and the app in-process (Redis mode,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -45,6 +46,38 @@ def reset_service_config() -> None:
     get_settings.cache_clear()
     _store.cache_clear()
     configure()
+
+
+@contextlib.contextmanager
+def live_app(env: dict[str, str]):
+    """The app under uvicorn in a thread (with its lifespan, no embedded worker) on a free port, with the
+    environment ``env`` set for its lifetime; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from app.main import create_app
+    from tests.service.test_embedded import _free_port
+
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    reset_service_config()
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(embedded_worker=False), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        mp.undo()
+        reset_service_config()
 
 
 @pytest.fixture(scope="package")

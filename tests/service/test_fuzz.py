@@ -6,8 +6,6 @@ parameter extremes), and a fast schemathesis pass over every operation of the AP
 from __future__ import annotations
 
 import math
-import threading
-import time
 import typing
 
 import annotated_types as at
@@ -202,33 +200,17 @@ def fuzz_url(service_env, tmp_path_factory):
     """The app under uvicorn in a thread, Redis mode on a redis-server of its own without workers (jobs are
     queued and never run, and no worker of the other tests sees them), an API key the fuzzer sends (job routes
     are exercised past authentication), small limits so each case is cheap."""
-    import uvicorn
-
-    from app.main import create_app
-    from tests.service.conftest import reset_service_config
-    from tests.service.test_embedded import _free_port
+    from tests.service.conftest import live_app
     from tests.service.test_faults import OwnRedis
 
     redis = OwnRedis(tmp_path_factory.mktemp("fuzz-redis"))
     redis.start()
-    mp = pytest.MonkeyPatch()
-    for k, v in {"GENROBUST_API_KEY": "fuzz", "GENROBUST_MAX_IMAGES": "2", "GENROBUST_INLINE_ATTACK_WORK": "20",
-                 "GENROBUST_REDIS_URL": redis.url}.items():
-        mp.setenv(k, v)
-    reset_service_config()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(embedded_worker=False), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    redis.stop()
-    mp.undo()
-    reset_service_config()
+    try:
+        with live_app({"GENROBUST_API_KEY": "fuzz", "GENROBUST_MAX_IMAGES": "2", "GENROBUST_INLINE_ATTACK_WORK": "20",
+                       "GENROBUST_REDIS_URL": redis.url}) as url:
+            yield url
+    finally:
+        redis.stop()
 
 
 def _schema():

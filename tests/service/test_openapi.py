@@ -4,9 +4,6 @@ under uvicorn in a thread (with its lifespan: the classify batcher)."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -16,34 +13,17 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
                                                status_code_conformance)
 
 from app.main import create_app  # noqa: E402
-from tests.service.test_embedded import _free_port  # noqa: E402
+from tests.service.conftest import live_app  # noqa: E402
 
 schema = schemathesis.openapi.from_dict(create_app().openapi())
 
 
 @pytest.fixture(scope="module")
 def live_url(service_env):
-    import uvicorn
-
-    from tests.service.conftest import reset_service_config
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GENROBUST_API_KEY", "schemathesis")  # job routes answer 401: nothing heavy gets queued
-    mp.setenv("GENROBUST_MAX_IMAGES", "2")
-    mp.setenv("GENROBUST_INLINE_ATTACK_WORK", "20")
-    reset_service_config()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(embedded_worker=False), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    mp.undo()
-    reset_service_config()
+    # job routes answer 401 (an API key is set): nothing heavy gets queued
+    with live_app({"GENROBUST_API_KEY": "schemathesis", "GENROBUST_MAX_IMAGES": "2",
+                   "GENROBUST_INLINE_ATTACK_WORK": "20"}) as url:
+        yield url
 
 
 @schema.parametrize()
