@@ -68,9 +68,15 @@ def create_app(embedded_worker: bool | None = None) -> FastAPI:
     return app
 
 
+KEEP_ALIVE_S = 75  # as nginx's default
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, access_log: bool = True) -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(), host=host, port=port, access_log=access_log, timeout_graceful_shutdown=10)
+    # keep-alive longer than clients' idle-connection expiry (httpx: 5 s, uvicorn's default too): otherwise the
+    # server closes a pooled connection just as a client reuses it, and that request is lost (ReadError)
+    uvicorn.run(create_app(), host=host, port=port, access_log=access_log, timeout_graceful_shutdown=10,
+                timeout_keep_alive=KEEP_ALIVE_S)
     return 0

@@ -168,12 +168,14 @@ class SweepRequest(BaseModel):
     eval_samples: Samples = Field(10, description="K of the fresh evaluation (1-100).")
     chunk_size: int | None = Field(None, ge=1, le=10_000, description="Images per parallel task (default "
                                                                       "GENROBUST_SWEEP_CHUNK).")
-    study: bool = Field(False, description="Run the full `reproduce` study (genrobust.study: tables, detection, "
-                                           "figures) on these models and attacks (with their params), limit, "
-                                           "seed and eval_samples, instead of a plain sweep.")
+    study: bool = Field(False, description="Run the full `reproduce` study (genrobust.study: tables with "
+                                           "intervals and paired comparisons, detection, curves, figures, the "
+                                           "answer) on these models and attacks (with their params), seed and "
+                                           "eval_samples, limit capping every image count, instead of a plain sweep.")
     study_options: dict[str, Any] = Field(default_factory=dict, description="With study: further fields of "
-                                          "genrobust.study.StudyConfig (clean_limit, fpr, fit_limit, adaptive, "
-                                          "adaptive_params), validated by it.")
+                                          "genrobust.study.StudyConfig (preset, limits, clean_limit, fpr, fit_limit, "
+                                          "adaptive, adaptive_params, curves, curve_eps, eval_draws, chunk_size), "
+                                          "validated by it.")
 
 
 

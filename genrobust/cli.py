@@ -22,7 +22,7 @@ from genrobust.models import STRUCTURES, ModelConfig
 from genrobust.robustness import run_attack
 from genrobust.settings import get_settings
 from genrobust.store import ModelStore
-from genrobust.study import DEFAULT_LIMIT, STUDY_ATTACKS, STUDY_MODELS, StudyConfig, reproduce
+from genrobust.study import PRESETS, STUDY_ATTACKS, STUDY_MODELS, StudyConfig, reproduce
 from genrobust.training import TrainConfig, Trainer, check_structure, default_name
 
 
@@ -158,26 +158,37 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print per-image results as JSON")
     _add_device(d)
 
-    r = sub.add_parser("reproduce", help="run the whole study: tables, figures, ROC curves, report",
+    r = sub.add_parser("reproduce", help="run the whole study: tables with intervals, comparisons, curves, report",
                        description="Attack the stored models, detect, and write DIR/report.md, DIR/report.html, "
-                                   "DIR/results.json and DIR/figures/*.png. Results are cached per model, attack, "
-                                   "parameters and seed in DIR/cache: an interrupted run resumes.")
+                                   "DIR/results.json and DIR/figures/*.png: every rate with a Wilson 95%% interval, "
+                                   "every rho, median and AUC with a bootstrap interval, the models compared on the "
+                                   "same images (paired bootstrap, Holm), robustness curves over eps, and an answer "
+                                   "with the strength of its evidence. Attacks run in chunks cached in DIR/cache: an "
+                                   "interrupted run resumes at its first unfinished chunk.")
     r.add_argument("--models", default=",".join(STUDY_MODELS),
                    help="comma-separated stored names, short structure names (dfz = fmnist-dfz) or 'all' "
                         "(default: fmnist-dfz,fmnist-gfz)")
     r.add_argument("--attacks", default=",".join(STUDY_ATTACKS), help="comma-separated attack names or 'all' "
                    f"(default: {','.join(STUDY_ATTACKS)})")
-    r.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT,
-                   help=f"test images per model and attack (default {DEFAULT_LIMIT})")
+    r.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="image counts per attack: default (about an hour on a 2-core CPU), quick (about 5 min), "
+                        "gpu (the full test set for every attack but ZOO; the default with a CUDA --device)")
+    r.add_argument("--quick", action="store_true", help="the same as --preset quick")
+    r.add_argument("--limit", type=_positive, default=None,
+                   help="cap every image count of the preset at N (attacks, curves, clean images)")
+    r.add_argument("--images", action="append", default=[], metavar="ATTACK=N",
+                   help="test images for one attack (or 'adaptive'), repeatable; overrides the preset")
     r.add_argument("--seed", type=_nonneg_int, default=0)
     r.add_argument("--out", default="report", help="output folder (default ./report)")
     r.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="attack parameter override, repeatable (e.g. --param fgsm.eps=0.2)")
-    r.add_argument("--clean-limit", type=_positive, default=1000,
-                   help="clean test images for false-positive rates and ROC negatives (default 1000)")
+    r.add_argument("--clean-limit", type=_positive, default=None,
+                   help="clean test images for false-positive rates and ROC negatives (default: the preset's)")
     r.add_argument("--fit-limit", type=_positive, help="training images when detectors must be fitted first "
                    "(default: the whole training split)")
+    r.add_argument("--chunk-size", type=_positive, default=100, help="images per cached chunk (default 100)")
     r.add_argument("--no-adaptive", action="store_true", help="skip the detector-aware PGD table")
+    r.add_argument("--no-curves", action="store_true", help="skip the robustness curves and the FGS reconstruction")
     _add_device(r)
 
     sv = sub.add_parser("serve", help="run the web service (jobs in-process by default; Redis if configured)",
@@ -359,20 +370,29 @@ def cmd_reproduce(args) -> int:
             raise GenrobustError(f"--param takes ATTACK.KEY=VALUE, got {key}={value}")
         params.setdefault(attack.replace("_", "-"), {})[field] = value
     attacks = list(ATTACKS) if args.attacks.strip() == "all" else [a.strip() for a in args.attacks.split(",") if a.strip()]
-    config = StudyConfig(models=_resolve_models(args.models, store), attacks=attacks, params=params, limit=args.limit,
-                         seed=args.seed, out=Path(args.out), clean_limit=args.clean_limit, fit_limit=args.fit_limit,
-                         adaptive=not args.no_adaptive)
+    limits = {}
+    for item in args.images:
+        name, eq, n = item.partition("=")
+        if not eq or not n.strip().isdigit():
+            raise GenrobustError(f"--images takes ATTACK=N, got {item!r}")
+        limits[name.strip()] = int(n)
     device = resolve_device(args.device)
+    if args.quick and args.preset not in (None, "quick"):
+        raise GenrobustError(f"--quick and --preset {args.preset} contradict each other")
+    preset = "quick" if args.quick else args.preset or ("gpu" if device.type == "cuda" else "default")
+    config = StudyConfig(models=_resolve_models(args.models, store), attacks=attacks, params=params, limit=args.limit,
+                         limits=limits, preset=preset, seed=args.seed, out=Path(args.out), clean_limit=args.clean_limit,
+                         fit_limit=args.fit_limit, adaptive=not args.no_adaptive, curves=not args.no_curves,
+                         chunk_size=args.chunk_size)
     try:
         results = reproduce(config, store, device=device)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished attacks are cached in {config.out / 'cache'}; run the same command again "
+        print(f"\ninterrupted: finished chunks are cached in {config.out / 'cache'}; run the same command again "
               "to resume", file=sys.stderr)
         return 130
     print(f"wrote {config.out}/report.md, report.html, results.json and {len(results['figures']) + len(results['examples'])} "
           f"figures in {results['seconds']:.0f}s")
-    for tab in results["tables"].values():
-        print(f"  {tab['title'].split(':')[0]}: {tab['verdict']}")
+    print(f"Answer ({results['answer']['strength']}): {results['answer']['answer']}")
     return 0
 
 

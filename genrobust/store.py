@@ -6,6 +6,7 @@ the pretrained models shipped inside the package. A user model shadows a shipped
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -75,6 +76,10 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -142,12 +147,18 @@ class ModelStore:
             model.load_state_dict(load_tensors(path), strict=True)
         except RuntimeError as exc:
             raise CorruptStoreFile(f"checkpoint {path} does not match its card: {str(exc).splitlines()[0]}") from None
+        if card.get("weights_sha256") and file_sha256(path) != card["weights_sha256"]:
+            # readable weights of the right shape, but not these: a save interrupted between the two files
+            raise CorruptStoreFile(f"checkpoint {path} is not the one its card {path.with_suffix('.json')} was "
+                                   "written for (an interrupted save?): train or copy the model again")
         return model.to(device).eval(), card
 
     # -------------------------------------------------------------- writing
     def save(self, name: str, model: LatentClassifier, card: dict[str, Any]) -> Path:
-        """Write weights, then the card (the card's presence is what makes a model visible)."""
+        """Write weights, then the card (the card's presence is what makes a model visible). The card records
+        the weights' SHA-256, so a save interrupted between the two files is caught on load, never served."""
         check_name(name)
-        save_tensors(self.root / f"{name}.safetensors", model.state_dict(), {"name": name})
-        write_json(self.root / f"{name}.json", {"name": name, **card})
-        return self.root / f"{name}.safetensors"
+        weights = self.root / f"{name}.safetensors"
+        save_tensors(weights, model.state_dict(), {"name": name})
+        write_json(self.root / f"{name}.json", {"name": name, **card, "weights_sha256": file_sha256(weights)})
+        return weights

@@ -77,3 +77,17 @@ def test_weights_that_do_not_match_card(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(card))
     with pytest.raises(GenrobustError, match="does not match its card"):
         store.load("m")
+
+
+def test_a_save_interrupted_between_weights_and_card_is_caught_on_load(tmp_path):
+    store = ModelStore(tmp_path, extra_dirs=())
+    old, new = tiny_model("GFZ", seed=0), tiny_model("GFZ", seed=1)
+    store.save("m", old, _card(old))
+    card = (tmp_path / "m.json").read_text()
+    store.save("m", new, _card(new))
+    (tmp_path / "m.json").write_text(card)  # the new weights beside the old card: killed between the writes
+    with pytest.raises(GenrobustError, match="not the one its card .*m.json was written for"):
+        store.load("m")
+    store.save("m", new, _card(new))  # a complete save serves again
+    loaded = store.load("m")[0].state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in new.state_dict().items())

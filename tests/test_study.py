@@ -8,10 +8,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from genrobust import robustness
+from genrobust import data, robustness
 from genrobust.cli import main
 from genrobust.store import ModelStore
-from genrobust.study import StudyConfig, reproduce
+from genrobust.study import PRESETS, StudyConfig, reproduce
 from genrobust.study import runner
 from tests.conftest import tiny_model
 
@@ -36,11 +36,18 @@ def tiny_store(env):
     return store
 
 
-def config(out) -> StudyConfig:
-    return StudyConfig(models=["tiny-dfz", "tiny-gfz"], attacks=["fgsm", "deepfool"],
-                       params={"fgsm": {"eps": 0.2, "samples": 2}, "deepfool": {"max_iter": 4, "samples": 2}},
-                       limit=6, clean_limit=30, fit_limit=60, eval_samples=2, out=out,
-                       adaptive_params={"steps": 2, "samples": 2})
+CURVE_PARAMS = {"pgd": {"steps": 2, "samples": 2}, "apgd": {"steps": 2, "samples": 2, "accept_draws": 2}}
+
+
+def config(out, **kw) -> StudyConfig:
+    """Tiny budgets for the attacks of the run and, with curves, for the curves' attacks."""
+    used = set(kw.get("attacks", ["fgsm", "deepfool"])) | ({"fgsm", "pgd", "apgd"} if kw.get("curves", True) else set())
+    params = {"fgsm": {"eps": 0.2, "samples": 2}, "deepfool": {"max_iter": 4, "samples": 2}, **CURVE_PARAMS}
+    return StudyConfig(**{"models": ["tiny-dfz", "tiny-gfz"], "attacks": ["fgsm", "deepfool"],
+                          "params": {a: v for a, v in params.items() if a in used},
+                          "limit": 6, "clean_limit": 30, "fit_limit": 60, "eval_samples": 2, "eval_draws": 3,
+                          "out": out, "chunk_size": 4, "adaptive_params": {"steps": 2, "samples": 2},
+                          "curve_eps": {"linf": [0, 0.1, 0.3], "l2": [0, 2.0]}, **kw})
 
 
 def test_tiny_reproduce_writes_everything_and_resumes_from_cache(tiny_store, tmp_path, monkeypatch):
@@ -51,9 +58,36 @@ def test_tiny_reproduce_writes_everything_and_resumes_from_cache(tiny_store, tmp
     for f in ("report.md", "report.html", "results.json"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved["tables"]) == {f"table{i}" for i in range(1, 7)}
+    assert set(saved["tables"]) == {f"table{i}" for i in range(1, 9)}  # table 9 (families) needs > 2 models
     for tab in saved["tables"].values():
         assert tab["rows"] and tab["verdict"] and all(len(r) == len(tab["columns"]) for r in tab["rows"])
+        assert all(len(r) == len(tab["comparison_columns"]) for r in tab.get("comparisons", []))
+    # intervals everywhere: rates (Wilson) and per-image statistics (bootstrap) bracket their values
+    for m in saved["attacks"].values():
+        for e in m.values():
+            for name, d in e["estimates"].items():
+                if d["value"] is not None:
+                    assert d["low"] - 1e-9 <= d["value"] <= d["high"] + 1e-9, name
+            assert e["estimates"]["robust_accuracy"]["n"] == 6
+    # the study's pair is compared on every attack, Holm-corrected, each with a verdict
+    rows = saved["analysis"]["tables"]["success"]
+    assert {r["what"] for r in rows} == {f"{k}:{a}" for k in ("robust_accuracy", "success_rate")
+                                         for a in ("fgsm", "deepfool")}
+    assert all([r["a"], r["b"]] == ["tiny-gfz", "tiny-dfz"] for r in rows)
+    assert all(r["verdict"].startswith(("holds", "reversed", "not distinguishable", "not testable")) for r in rows)
+    assert saved["tables"]["table3"]["comparisons"]
+    # the answer opens the report, written from the results
+    assert saved["answer"]["strength"] and "tiny-gfz" in saved["answer"]["answer"]
+    md = (out / "report.md").read_text()
+    assert md.index("## The answer") < md.index("Table 1")
+    # curves: the clean point, then every budget, with Wilson bands; the FGS reconstruction says what it found
+    lin = saved["curves"]["tiny-gfz"]["linf"]
+    assert set(lin) == {"fgsm", "pgd", "apgd"} and [p["eps"] for p in lin["pgd"]] == [0.0, 0.1, 0.3]
+    assert set(saved["curves"]["tiny-gfz"]["l2"]) == {"pgd", "apgd"}
+    assert all(p["robust_accuracy"]["n"] == 6 for p in lin["pgd"])
+    assert "eps" in saved["fgs"]["tiny-gfz"] and saved["fgs"]["tiny-gfz"]["target_rho"] == 0.6138
+    assert {"figures/curve-robust-linf.png", "figures/curve-robust-l2.png", "figures/curve-minimal-l2.png"} <= \
+        {f["file"] for f in saved["figures"]}
     assert set(saved["attacks"]) == {"tiny-dfz", "tiny-gfz"}
     assert set(saved["attacks"]["tiny-gfz"]) == {"fgsm", "deepfool"}
     assert set(saved["adaptive"]["tiny-gfz"]) == {"pgd", "detector-aware-pgd"}
@@ -83,6 +117,8 @@ def test_tiny_reproduce_writes_everything_and_resumes_from_cache(tiny_store, tmp
             assert again["attacks"][m][a]["success_rate"] == results["attacks"][m][a]["success_rate"]
             assert again["attacks"][m][a]["detection"]["logit"]["rate"] == \
                 results["attacks"][m][a]["detection"]["logit"]["rate"]
+    assert again["curves"] == {m: {n: {a: [{**p, "cached": True} for p in pts] for a, pts in by.items()}
+                                   for n, by in c.items()} for m, c in results["curves"].items()}
 
 
 def test_reproduce_cli_errors_are_one_line(tiny_store, capsys, tmp_path):
@@ -96,3 +132,87 @@ def test_reproduce_cli_errors_are_one_line(tiny_store, capsys, tmp_path):
     assert main(["reproduce", "--models", "tiny-dfz", "--attacks", "fgsm", "--param", "cw.c=1",
                  "--out", str(tmp_path)]) == 2
     assert "not in the run" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes_mid_attack_with_identical_results(tiny_store, tmp_path, monkeypatch):
+    kw = dict(attacks=["deepfool"], adaptive=False, curves=False, chunk_size=2)
+    whole = reproduce(config(tmp_path / "whole", **kw), tiny_store)
+
+    calls = {"n": 0}
+    real = runner.run_attack
+
+    def dies_on_the_third_chunk(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(runner, "run_attack", dies_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(config(tmp_path / "cut", **kw), tiny_store)
+    chunks = sorted((tmp_path / "cut" / "cache" / "tiny-dfz").glob("deepfool-*/*.json"))
+    assert len(chunks) == 2  # the first two chunks of three are on disk
+
+    ran = []
+    monkeypatch.setattr(runner, "run_attack", lambda *a, **k: ran.append(1) or real(*a, **k))
+    resumed = reproduce(config(tmp_path / "cut", **kw), tiny_store)
+    assert len(ran) == 1 + 3  # tiny-dfz's last chunk, then all of tiny-gfz
+    for m in whole["attacks"]:
+        a, b = whole["attacks"][m]["deepfool"], resumed["attacks"][m]["deepfool"]
+        for key in ("success", "p_misclassified", "l2", "pred_after"):
+            assert a[key] == b[key], (m, key)
+        assert a["estimates"] == b["estimates"]
+
+
+def test_curve_points_equal_separate_single_eps_runs(tiny_store, tmp_path):
+    cfg = config(tmp_path / "r", attacks=["fgsm"], adaptive=False)
+    results = reproduce(cfg, tiny_store)
+    model, _ = tiny_store.load("tiny-gfz")
+    test = data.load("fashion-mnist", "test", limit=6)
+    for norm, attack, eps in (("linf", "pgd", 0.1), ("l2", "apgd", 2.0), ("linf", "fgsm", 0.3)):
+        point = next(p for p in results["curves"]["tiny-gfz"][norm][attack] if p["eps"] == eps)
+        alone = robustness.run_attack_chunked(model, runner.curve_attack(attack, norm, eps, cfg.params.get(attack)),
+                                              test.images, test.labels, seed=cfg.seed, chunk_size=cfg.chunk_size,
+                                              eval_samples=cfg.eval_samples, eval_draws=cfg.eval_draws)
+        assert point["robust_accuracy"]["value"] == pytest.approx(alone.robust_accuracy)
+        assert point["success_rate"]["value"] == pytest.approx(alone.success_rate)
+        assert point["robustness"] == alone.robustness
+
+
+def test_the_fgs_eps_is_interpolated_along_the_curve():
+    pts = [{"eps": 0.0, "robustness": None}, {"eps": 0.1, "robustness": 0.2}, {"eps": 0.2, "robustness": 0.4},
+           {"eps": 0.3, "robustness": 0.5}]
+    assert runner.fgs_eps(pts, 0.3) == pytest.approx(0.15)
+    assert runner.fgs_eps(pts, 0.45) == pytest.approx(0.25)
+    assert runner.fgs_eps(pts, 0.9) is None and runner.fgs_eps(pts, 0.1) is None
+
+
+def test_all_structures_get_a_family_table(tiny_store, tmp_path):
+    m = tiny_model("DFX")
+    tiny_store.save("tiny-dfx", m, {"structure": "DFX", "kind": "discriminative", "logits_have_density": False,
+                                    "config": m.config.model_dump(mode="json")})
+    results = reproduce(config(tmp_path / "r", models=["tiny-dfz", "tiny-gfz", "tiny-dfx"], attacks=["fgsm", "deepfool"],
+                               adaptive=False, curves=False), tiny_store)
+    fam = results["tables"]["table9"]
+    metrics = {r["metric"]: r for r in results["analysis"]["family"]["rows"]}
+    assert set(metrics) == {"robust_accuracy", "median_l2", "auc"}
+    assert set(metrics["robust_accuracy"]["discriminative"]) == {"tiny-dfz", "tiny-dfx"}
+    assert set(metrics["auc"]["discriminative"]) == {"tiny-dfz"}  # DFX has no density, so no detector
+    assert all(r[-1].startswith(("holds", "reversed", "not distinguishable", "not testable")) for r in fam["rows"])
+    dfx = results["attacks"]["tiny-dfx"]["fgsm"]
+    assert dfx["detection"] is None and results["models"]["tiny-dfx"]["detection_applicable"] is False
+    # every generative-discriminative pair is compared in results.json, the study's pair first
+    assert results["analysis"]["pairs"] == [["tiny-gfz", "tiny-dfz"], ["tiny-gfz", "tiny-dfx"]]
+
+
+def test_presets_and_per_attack_image_counts():
+    c = StudyConfig()
+    assert c.images("fgsm") == PRESETS["default"]["limits"]["fgsm"] and c.clean_images() == 10_000
+    assert StudyConfig(preset="quick").images("cw") == PRESETS["quick"]["limits"]["cw"]
+    assert StudyConfig(limit=50).images("fgsm") == 50 and StudyConfig(limit=50).curve_images("pgd") <= 50
+    assert StudyConfig(limits={"cw": 7}).images("cw") == 7
+    with pytest.raises(ValueError, match="unknown attack"):
+        StudyConfig(limits={"nope": 3})
+    with pytest.raises(ValueError, match="between 1 and"):
+        StudyConfig(limits={"cw": 0})
+    with pytest.raises(ValueError, match="curve_eps.linf"):
+        StudyConfig(curve_eps={"linf": [0.1, 2.0]})

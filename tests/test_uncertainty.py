@@ -5,8 +5,8 @@ import pytest
 from scipy import stats
 
 from genrobust.errors import GenrobustError
-from genrobust.uncertainty import (Comparison, bootstrap, format_estimate, holm, paired, paired_rates, proportion,
-                                   rate, verdict)
+from genrobust.uncertainty import (Comparison, auc, bootstrap, format_estimate, holm, median_statistic, paired,
+                                   paired_rates, proportion, rate, ratio_statistic, verdict)
 
 Z = stats.norm.ppf(0.975)
 
@@ -87,3 +87,31 @@ def test_holm_and_verdict_strings():
     assert verdict(adj[0], +1) == "holds (p = 0.020)"
     assert verdict(Comparison(-0.1, -0.15, -0.05, 0.0001, 100, 0.05), +1) == "reversed (p < 0.001)"
     assert verdict(adj[2], +1) == "not testable at this n"
+
+
+def test_auc_and_its_interval_on_known_cases():
+    rng = np.random.default_rng(3)
+    apart = auc(rng.normal(0, 1, 200), rng.normal(10, 1, 100))
+    assert apart.value == 1.0 and apart.high == 1.0 and apart.n == 100
+    same = auc(np.zeros(50), np.zeros(30))  # all ties: one half
+    assert same.value == 0.5
+    shifted = auc(rng.normal(0, 1, 400), rng.normal(1, 1, 400))  # AUC = Phi(1 / sqrt 2) = 0.760
+    assert shifted.low < 0.760 < shifted.high and shifted.high - shifted.low < 0.1
+    assert auc([], [1.0]).value is None
+
+
+def test_vectorised_statistics_match_the_plain_ones():
+    rng = np.random.default_rng(4)
+    v, w = rng.random(50), rng.random(50) < 0.6
+    idx = rng.integers(0, 50, size=(7, 50))
+    ratio = ratio_statistic(v, w)(idx)
+    median = median_statistic(v, w)(idx)
+    for row, r, m in zip(idx, ratio, median):
+        assert r == pytest.approx(v[row][w[row]].mean()) and m == pytest.approx(np.median(v[row][w[row]]))
+    assert np.isnan(ratio_statistic(v, np.zeros(50))(idx)).all()  # no weight: undefined, not zero
+    # the vectorised paired bootstrap agrees with the plain one on the same resamples
+    a, b = rng.random(80) < 0.7, rng.random(80) < 0.4
+    plain = paired(lambda i: a[i].mean(), lambda i: b[i].mean(), 80, seed=5, n_resamples=400)
+    fast = paired(ratio_statistic(a), ratio_statistic(b), 80, seed=5, n_resamples=400, vectorized=True)
+    assert fast.difference == pytest.approx(plain.difference)
+    assert (fast.low, fast.high) == pytest.approx((plain.low, plain.high))

@@ -149,7 +149,7 @@ def study(self, *, job_id: str, request: dict) -> dict:
     out = Path(get_settings().data_dir) / "studies" / job_id
     results = reproduce(StudyConfig(**request, out=out), store=runtime.store(), progress=progress,
                         device=runtime.device())
-    # the tables (with verdicts) go in the job record; the report, figures and full results.json stay in `out`
+    # the answer and the tables (with verdicts) go in the job record; the report, figures and full results.json stay in `out`
     store.update(job_id, state="succeeded", result={"out": str(out), "seconds": results["seconds"],
-                                                    "tables": results["tables"]})
+                                                    "answer": results["answer"], "tables": results["tables"]})
     return {"out": str(out)}

@@ -1,6 +1,7 @@
-"""The study in one command: `genrobust reproduce` (tables, figures, ROC curves, report)."""
+"""The study in one command: `genrobust reproduce` (tables with intervals and paired comparisons, robustness
+curves, the study's FGS reconstructed, ROC curves, a report that opens with its answer)."""
 
-from genrobust.study.config import DEFAULT_LIMIT, STUDY_ATTACKS, STUDY_MODELS, StudyConfig
+from genrobust.study.config import PRESETS, STUDY_ATTACKS, STUDY_MODELS, StudyConfig
 
 
 def reproduce(*args, **kwargs):
@@ -9,4 +10,4 @@ def reproduce(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-__all__ = ["DEFAULT_LIMIT", "STUDY_ATTACKS", "STUDY_MODELS", "StudyConfig", "reproduce"]
+__all__ = ["PRESETS", "STUDY_ATTACKS", "STUDY_MODELS", "StudyConfig", "reproduce"]
