@@ -200,8 +200,10 @@ def test_all_structures_get_a_family_table(tiny_store, tmp_path):
     assert all(r[-1].startswith(("holds", "reversed", "not distinguishable", "not testable")) for r in fam["rows"])
     dfx = results["attacks"]["tiny-dfx"]["fgsm"]
     assert dfx["detection"] is None and results["models"]["tiny-dfx"]["detection_applicable"] is False
-    # every generative-discriminative pair is compared in results.json, the study's pair first
-    assert results["analysis"]["pairs"] == [["tiny-gfz", "tiny-dfz"], ["tiny-gfz", "tiny-dfx"]]
+    # every pair is compared in results.json (generative minus discriminative), the study's pair first
+    assert results["analysis"]["pairs"] == [["tiny-gfz", "tiny-dfz"], ["tiny-gfz", "tiny-dfx"], ["tiny-dfx", "tiny-dfz"]]
+    assert {(r["a"], r["b"]) for r in results["analysis"]["tables"]["success"]} == {
+        ("tiny-gfz", "tiny-dfz"), ("tiny-gfz", "tiny-dfx"), ("tiny-dfx", "tiny-dfz")}
 
 
 def test_presets_and_per_attack_image_counts():

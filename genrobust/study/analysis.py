@@ -120,15 +120,15 @@ def _head(pi: dict, n: int, key: str) -> dict:
 
 
 def orient(models: dict[str, dict]) -> list[tuple[str, str]]:
-    """Pairs (A, B) to compare as A - B: generative minus discriminative; the study's DFZ-GFZ pair first."""
+    """Every pair of models (A, B), compared as A - B: generative minus discriminative, else the later minus
+    the earlier of the run; the study's GFZ-DFZ pair first, then the generative-discriminative pairs."""
     gen = [m for m, i in models.items() if i["kind"] == "generative"]
     dis = [m for m, i in models.items() if i["kind"] != "generative"]
-    pairs = list(product(gen, dis))
-    if not pairs:  # one kind only: later minus earlier
-        names = list(models)
-        pairs = [(names[j], names[i]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    names = list(models)
+    same = [(names[j], names[i]) for i in range(len(names)) for j in range(i + 1, len(names))
+            if (names[i] in gen) == (names[j] in gen)]
     primary = primary_pair(models)
-    return sorted(pairs, key=lambda p: p != primary)
+    return sorted(list(product(gen, dis)) + same, key=lambda p: p != primary)
 
 
 def primary_pair(models: dict[str, dict]) -> tuple[str, str] | None:

@@ -36,7 +36,9 @@ def test_load_pick_gfz_and_gallery_image(page, shots):
     page.select_option("#model", "fmnist-gfz")
     page.wait_for_selector("#gallery button >> nth=23")
     page.locator("#gallery button").nth(0).click()
-    assert "test image 0, true label Boot (9)" in page.inner_text("#current-caption")
+    # the caption follows the image's fetch: wait for it (the first test of a cold CI run lost this race)
+    page.wait_for_function("document.getElementById('current-caption').textContent"
+                           ".includes('test image 0, true label Boot (9)')")
     page.screenshot(path=shots / "1-gallery.png", full_page=True)
 
 
