@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 from genrobust import uncertainty as unc
-from genrobust.uncertainty import Comparison, Estimate
+from genrobust.uncertainty import Comparison
 
 # Statistics of an attack entry's per-image lists, each a (values, weights) ratio or a masked median:
 #   success rate over correctly classified images, robust accuracy over all, P(misclassified) over correct,
@@ -181,11 +181,6 @@ def family(entries: dict[str, dict[str, Any]], kinds: dict[str, str], metric: st
             "discriminative_mean": float(group(dis)(everything)[0]),
             "n": n, **c.as_dict()}
 
-
-def estimate(d: dict | Estimate | None) -> Estimate | None:
-    if d is None:
-        return None
-    return d if isinstance(d, Estimate) else Estimate(d["value"], d["low"], d["high"], d["n"])
 
 
 # Which attack stands for each family-table column, first found in the run: the strongest bounded attack;

@@ -24,7 +24,8 @@ from genrobust import data, seeding
 from genrobust import uncertainty as unc
 from genrobust.attacks import Attack, make_attack
 from genrobust.attacks.detector_aware_pgd import DetectorAwarePGD
-from genrobust.detection import DETECTORS, Detection, Detector, detectors_path, fit_detectors, load_detector
+from genrobust.detection import (DETECTORS, Detection, Detector, detectors_path, fit_detectors, load_detector,
+                                 roc)
 from genrobust.device import device_info, resolve_device
 from genrobust.errors import GenrobustError
 from genrobust.evaluation import batched_logits
@@ -124,16 +125,14 @@ def _detection(dets: dict[str, Detector], model: LatentClassifier, clean: dict[s
         out[name] = {"rate": unc.proportion(flags[ok]).as_dict(),
                      "fpr": unc.proportion(clean[name].is_adversarial.cpu().numpy()).as_dict(),
                      "auc": unc.auc(neg, pos[ok], seed % 2**32).as_dict(), "n_success": int(ok.sum()),
-                     "roc": _roc(neg, pos[ok]), "flagged": flags.tolist(), "suspicion": _round(pos.tolist())}
+                     "roc": _rounded_roc(roc(clean[name], flagged, ok)), "flagged": flags.tolist(),
+                     "suspicion": _round(pos.tolist())}
     return out
 
 
-def _roc(neg: np.ndarray, pos: np.ndarray) -> dict | None:
-    from sklearn.metrics import roc_curve
-    if len(neg) == 0 or len(pos) == 0:
-        return None
-    fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos], drop_intermediate=True)
-    return {"fpr": _round(fpr.tolist()), "tpr": _round(tpr.tolist())}
+def _rounded_roc(r: dict | None) -> dict | None:
+    """The ROC points, rounded for results.json (the AUC with its interval is reported beside it)."""
+    return None if r is None else {"fpr": _round(r["fpr"]), "tpr": _round(r["tpr"])}
 
 
 def _round(values: list, digits: int = 5) -> list:
