@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,21 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _images(n: int) -> list:
-    sys.path.insert(0, str(REPO))
-    from genrobust import data
-
-    return data.load("fashion-mnist", "test", n).images[:, 0].tolist()
+from service_helpers import REPO, free_port, test_images  # noqa: E402  (benchmarks/)
 
 
 async def _run(url: str, model: str, images: list, total: int, concurrency: int, backoff: bool,
@@ -102,7 +87,7 @@ def main() -> int:
     cores = sorted(os.sched_getaffinity(0))
     server_cores, client_cores = ([cores[0]], cores[1:]) if len(cores) > 1 else (cores, cores)
     tmp = Path(tempfile.mkdtemp(prefix="genrobust-load-"))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")}
     # the embedded broker's files go to the throw-away data dir; /classify reads no dataset
     env.update(GENROBUST_DATA_DIR=str(tmp), GENROBUST_MODEL_DIR=str(tmp / "models"), GENROBUST_THREADS="1")
@@ -125,7 +110,7 @@ def main() -> int:
                 pass
             assert server.poll() is None and time.time() < end, (tmp / "serve.log").read_text()[-2000:]
             time.sleep(0.3)
-        images = _images(1000)
+        images = test_images(1000)
         httpx.post(url + "/classify", json={"model": args.model, "images": images[:1]}, timeout=60).raise_for_status()
         results = []
         for c in args.concurrency:

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,21 +23,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _test_images(n: int) -> list:
-    sys.path.insert(0, str(REPO))
-    from genrobust import data
-
-    return data.load("fashion-mnist", "test", n).images[:, 0].tolist()
+from service_helpers import REPO, free_port, test_images  # noqa: E402  (benchmarks/)
 
 
 async def _classify_load(url: str, model: str, clients: int, images: list, per_request: int, seconds: float):
@@ -95,8 +80,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="GENROBUST_THREADS for the server (default: all cores)")
     args = ap.parse_args()
 
-    images = _test_images(200)
-    port = _free_port()
+    images = test_images(200)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from genrobust.settings import get_settings
 from genrobust.store import ModelStore
 from genrobust.study import StudyConfig, reproduce
 from genrobust.training import TrainConfig, Trainer
+from service_helpers import free_port  # noqa: E402  (benchmarks/)
 
 STEPS = ["train", "evaluate", "attacks", "detectors", "reproduce", "service"]
 T0 = time.perf_counter()
@@ -147,12 +147,6 @@ def main() -> int:
 
 
 # ------------------------------------------------------------------ the service
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _call(url: str, body: dict | None = None, method: str | None = None) -> dict:
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                  headers={"content-type": "application/json"}, method=method)
@@ -161,7 +155,7 @@ def _call(url: str, body: dict | None = None, method: str | None = None) -> dict
 
 
 def service_steps(device: torch.device, n, results: list, tmp: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = os.environ | {"GENROBUST_DEVICE": str(device), "GENROBUST_DATA_DIR": str(get_settings().data_dir),
                         "GENROBUST_MODEL_DIR": str(tmp / "service-models")}

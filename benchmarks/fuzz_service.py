@@ -17,7 +17,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,10 @@ import time
 from pathlib import Path
 
 import httpx
+from service_helpers import REPO, free_port  # noqa: E402  (benchmarks/)
 
-REPO = Path(__file__).resolve().parents[1]
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
           "response_headers_conformance")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -76,7 +69,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     models = tmp / "models"
     _tiny_store(models, args.data_dir)
-    rport, port = _free_port(), _free_port()
+    rport, port = free_port(), free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
     env = {**os.environ, "GENROBUST_REDIS_URL": f"redis://127.0.0.1:{rport}/0", "GENROBUST_API_KEY": "fuzz",

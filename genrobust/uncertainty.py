@@ -28,6 +28,7 @@ CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 N_RESAMPLES = 2000
 POWER = 0.8
+MIN_PAIRED = 5  # fewer shared images than this: a bootstrap over them says nothing ("not testable")
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def paired(stat_a: Statistic, stat_b: Statistic, n: int, seed: int = 0,
     """Paired bootstrap of stat_a - stat_b over n shared images. Each statistic receives an array of image
     indices (with repeats) and returns its value on those images, or NaN when undefined there (e.g. rho of
     a resample without successes; such resamples are dropped). ``vectorized`` statistics receive a
-    (resamples, n) index array and return one value per row."""
+    (resamples, n) index array and return one value per row. Below MIN_PAIRED images only the observed
+    difference is returned."""
     if n < 1:
         return Comparison(None, None, None, None, 0, None)
     everything = np.arange(n)
@@ -131,6 +133,8 @@ def paired(stat_a: Statistic, stat_b: Statistic, n: int, seed: int = 0,
                      - np.squeeze(stat_b(everything[None] if vectorized else everything)))
     if not np.isfinite(observed):
         return Comparison(None, None, None, None, n, None)
+    if n < MIN_PAIRED:
+        return Comparison(observed, None, None, None, n, None)
     rng = np.random.default_rng(seed)
     if vectorized:
         parts = []

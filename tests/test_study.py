@@ -132,6 +132,12 @@ def test_reproduce_cli_errors_are_one_line(tiny_store, capsys, tmp_path):
     assert main(["reproduce", "--models", "tiny-dfz", "--attacks", "fgsm", "--param", "cw.c=1",
                  "--out", str(tmp_path)]) == 2
     assert "not in the run" in capsys.readouterr().err
+    assert main(["reproduce", "--models", "tiny-dfz", "--images", "fgsm", "--out", str(tmp_path)]) == 2
+    assert "--images takes ATTACK=N" in capsys.readouterr().err
+    assert main(["reproduce", "--models", "tiny-dfz", "--images", "nope=3", "--out", str(tmp_path)]) == 2
+    assert "unknown attack 'nope'" in capsys.readouterr().err
+    assert main(["reproduce", "--models", "tiny-dfz", "--quick", "--preset", "gpu", "--out", str(tmp_path)]) == 2
+    assert "contradict" in capsys.readouterr().err
 
 
 def test_an_interrupted_run_resumes_mid_attack_with_identical_results(tiny_store, tmp_path, monkeypatch):

@@ -34,9 +34,6 @@ METRICS: dict[str, dict[str, Any]] = {
 }
 
 
-MIN_PAIRED = 5  # fewer shared images (or chunks, for time) than this: not testable
-
-
 def _arr(pi: dict, key: str, dtype=float) -> np.ndarray:
     return np.asarray(pi[key], dtype=dtype)
 
@@ -107,10 +104,6 @@ def compare(a: dict, b: dict, metric: str, seed: int = 0) -> Comparison:
     n = min(len(a[key]), len(b[key]))
     if n < len(a[key]) or n < len(b[key]):
         a, b = _head(a, n, key), _head(b, n, key)
-    if n < MIN_PAIRED:  # a bootstrap over a handful of chunks or images says nothing
-        everything = np.arange(n)[None]
-        diff = float(statistic(a, metric)(everything)[0] - statistic(b, metric)(everything)[0]) if n else np.nan
-        return Comparison(diff if np.isfinite(diff) else None, None, None, None, n, None)
     return unc.paired(statistic(a, metric), statistic(b, metric), n, seed, vectorized=True)
 
 
@@ -138,9 +131,9 @@ def primary_pair(models: dict[str, dict]) -> tuple[str, str] | None:
         by.setdefault(info["structure"], m)
     if "GFZ" in by and "DFZ" in by:
         return by["GFZ"], by["DFZ"]
-    pairs = [p for p in product([m for m, i in models.items() if i["kind"] == "generative"],
-                                [m for m, i in models.items() if i["kind"] != "generative"])]
-    return pairs[0] if pairs else None
+    gen = [m for m, i in models.items() if i["kind"] == "generative"]
+    dis = [m for m, i in models.items() if i["kind"] != "generative"]
+    return (gen[0], dis[0]) if gen and dis else None
 
 
 def comparison_rows(rows: list[tuple[str, str, str, Comparison]]) -> list[dict]:
@@ -170,11 +163,7 @@ def family(entries: dict[str, dict[str, Any]], kinds: dict[str, str], metric: st
         return lambda idx: np.mean([per_model[m](idx) for m in ms], axis=0)
 
     everything = np.arange(n)[None]
-    if n < MIN_PAIRED:  # as in compare(): too few shared images to resample
-        diff = float(group(gen)(everything)[0] - group(dis)(everything)[0])
-        c = Comparison(diff if np.isfinite(diff) else None, None, None, None, n, None)
-    else:
-        c = unc.paired(group(gen), group(dis), n, seed, n_resamples, vectorized=True)
+    c = unc.paired(group(gen), group(dis), n, seed, n_resamples, vectorized=True)
     return {"generative": {m: float(per_model[m](everything)[0]) for m in gen},
             "discriminative": {m: float(per_model[m](everything)[0]) for m in dis},
             "generative_mean": float(group(gen)(everything)[0]),

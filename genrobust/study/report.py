@@ -67,13 +67,18 @@ def comparison_block(rows: list[dict], pair: list[str]) -> list[list[str]]:
             for r in rows if [r["a"], r["b"]] == [a, b]]
 
 
+def _outcomes(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows whose verdict holds and those whose verdict is reversed (significant after Holm)."""
+    return ([r for r in rows if r["verdict"].startswith("holds")],
+            [r for r in rows if r["verdict"].startswith("reversed")])
+
+
 def summary(rows: list[dict], pair: list[str], claim: str) -> str:
     """How the table's comparisons of the primary pair came out, counted by significance after Holm."""
     mine = [r for r in rows if [r["a"], r["b"]] == list(pair)]
     if not mine:
         return NEEDS_PAIR
-    holds = sum(r["verdict"].startswith("holds") for r in mine)
-    rev = sum(r["verdict"].startswith("reversed") for r in mine)
+    holds, rev = (len(x) for x in _outcomes(mine))
     rest = len(mine) - holds - rev
     return (f"{pair[0]} − {pair[1]}, '{claim}': holds in {holds}, reversed in {rev}, not distinguishable (or not "
             f"testable) in {rest} of {len(mine)} comparisons (paired bootstrap over the same images, Holm-corrected, "
@@ -304,8 +309,7 @@ def answer(results: dict) -> dict[str, Any]:
     g, d = pair
     rows = [r for r in an["tables"].get("success", []) if r["what"].startswith("robust_accuracy")
             and [r["a"], r["b"]] == pair]
-    holds = [r for r in rows if r["verdict"].startswith("holds")]
-    rev = [r for r in rows if r["verdict"].startswith("reversed")]
+    holds, rev = _outcomes(rows)
     ps = [r["p_adjusted"] for r in holds + rev if r["p_adjusted"] is not None]
     testable = [r for r in rows if r["p"] is not None]
     strength = _strength(len(holds), len(rev), len(testable), ps or [1.0])
@@ -333,8 +337,7 @@ def answer(results: dict) -> dict[str, Any]:
             f"{attack_of(r)} {diff_ci(r)}, {r['verdict']}" for r in perturb) + "."
     det = [r for r in an["tables"].get("detection", []) if [r["a"], r["b"]] == pair]
     if det:
-        h = sum(r["verdict"].startswith("holds") for r in det)
-        rv = sum(r["verdict"].startswith("reversed") for r in det)
+        h, rv = (len(x) for x in _outcomes(det))
         text += (f" Detection: the logit detector catches a larger share of {g}'s successful adversarials than "
                  f"{d}'s in {h} of {len(det)} attacks, a smaller share in {rv} (significant after Holm).")
     fam = an.get("family")

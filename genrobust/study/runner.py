@@ -13,6 +13,7 @@ import hashlib
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,12 +49,15 @@ def _images_digest(x: torch.Tensor) -> str:
     return hashlib.sha256(x.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
+@dataclass
 class Chunked:
-    """An attack's merged report, adversarials, per-chunk sizes and seconds, and whether every chunk came
+    """An attack's merged report, adversarials, per-chunk (images, seconds), and whether every chunk came
     from the cache."""
 
-    def __init__(self, report: AttackReport, adversarial: torch.Tensor, chunks: list[tuple[int, float]], cached: bool):
-        self.report, self.adversarial, self.chunks, self.cached = report, adversarial, chunks, cached
+    report: AttackReport
+    adversarial: torch.Tensor
+    chunks: list[tuple[int, float]]
+    cached: bool
 
 
 def chunked_attack(cache: Path, model: LatentClassifier, model_name: str, card: dict, attack: Attack,
@@ -111,9 +115,10 @@ def _suspicion(d: Detection) -> np.ndarray:
 
 
 def _detection(dets: dict[str, Detector], model: LatentClassifier, clean: dict[str, Detection], adv: torch.Tensor,
-               success: list[bool], seed: int, names=DETECTORS) -> dict[str, Any]:
+               success: list[bool], seed: int, names=DETECTORS, full: bool = True) -> dict[str, Any]:
     """Detectors on the adversarial images (one logits pass shared by all) against their results on the
-    clean test images: detection rate over the successful adversarials, FPR and AUC, each with its interval."""
+    clean test images: detection rate over the successful adversarials, and with ``full`` the FPR, the AUC
+    (a bootstrap: the costly part) and the ROC, each with its interval."""
     samples = next(iter(dets.values())).samples
     adv_logits = batched_logits(model, adv, samples, seed)
     ok = np.asarray(success, dtype=bool)
@@ -121,12 +126,13 @@ def _detection(dets: dict[str, Detector], model: LatentClassifier, clean: dict[s
     for name in names:
         flagged = dets[name].detect_logits(adv_logits)
         flags = flagged.is_adversarial.cpu().numpy()
+        out[name] = {"rate": unc.proportion(flags[ok]).as_dict(), "n_success": int(ok.sum()), "flagged": flags.tolist()}
+        if not full:  # curve points and the FGS table show the rate only
+            continue
         neg, pos = _suspicion(clean[name]), _suspicion(flagged)
-        out[name] = {"rate": unc.proportion(flags[ok]).as_dict(),
-                     "fpr": unc.proportion(clean[name].is_adversarial.cpu().numpy()).as_dict(),
-                     "auc": unc.auc(neg, pos[ok], seed % 2**32).as_dict(), "n_success": int(ok.sum()),
-                     "roc": _rounded_roc(roc(clean[name], flagged, ok)), "flagged": flags.tolist(),
-                     "suspicion": _round(pos.tolist())}
+        out[name] |= {"fpr": unc.proportion(clean[name].is_adversarial.cpu().numpy()).as_dict(),
+                      "auc": unc.auc(neg, pos[ok], seed % 2**32).as_dict(),
+                      "roc": _rounded_roc(roc(clean[name], flagged, ok)), "suspicion": _round(pos.tolist())}
     return out
 
 
@@ -191,8 +197,8 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
         raise GenrobustError(f"parameters given for attacks not in the run: {', '.join(unknown)}")
     attacks = {a: make_attack(a, config.params.get(a)) for a in config.attacks}  # invalid params fail early too
     for (a, norm), budgets in curve_specs.items():  # and the curves' (their budgets replace eps)
-        for eps in budgets[-1:]:
-            curve_attack(a, norm, eps, config.params.get(a))
+        if budgets:
+            curve_attack(a, norm, budgets[-1], config.params.get(a))
     out = Path(config.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
@@ -210,7 +216,7 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
     for m in config.models:
         model, card = store.load(m, device)
         needed = max([config.images(a) for a in attacks] + [config.clean_images(), config.fgs_images(),
-                      config.images("adaptive")] + [config.curve_images(a) for a in ("fgsm", "pgd", "apgd")])
+                      config.images("adaptive")] + [config.curve_images(a) for a, _ in curve_specs])
         test = data.load(data.dataset_of(card), "test", limit=needed, root=data_root)
         dets = _detectors(store, m, model, config, data_root)
         n_clean = config.clean_images()
@@ -339,7 +345,7 @@ def _curves(cache, model, m, card, test, dets, clean, config: StudyConfig, specs
         c = chunked_attack(cache, model, m, card, attack, test.images[:n], test.labels[:n], config,
                            on_chunk=steps.partial)
         det = _detection(dets, model, clean, c.adversarial, c.report.per_image["success"], det_seed,
-                         names=("logit",))["logit"] if dets and attack.params.eps > 0 else None
+                         names=("logit",), full=False)["logit"] if dets and attack.params.eps > 0 else None
         return _curve_point(c, det)
 
     n0 = max(config.curve_images(a) for a, _ in specs)
@@ -369,10 +375,8 @@ def _fgs(cache, model, m, card, test, dets, clean, config: StudyConfig, curves: 
     """The study's FGS: the eps at which our FGSM's rho equals the published one, and Tables 3 and 5 there."""
     target = published.ROBUSTNESS["fgsm"][{"DFZ": 0, "GFZ": 1}[structure]] if structure in ("DFZ", "GFZ") else None
     pts = curves.get("linf", {}).get("fgsm", [])
-    out: dict[str, Any] = {"target_rho": target, "rho_range": [min((p["robustness"] for p in pts if p["robustness"]),
-                                                                   default=None),
-                                                               max((p["robustness"] for p in pts if p["robustness"]),
-                                                                   default=None)]}
+    rhos = [p["robustness"] for p in pts if p["robustness"] is not None]
+    out: dict[str, Any] = {"target_rho": target, "rho_range": [min(rhos), max(rhos)] if rhos else [None, None]}
     eps = fgs_eps(pts, target) if target is not None else None
     out["eps"] = None if eps is None else round(eps, 3)
     if out["eps"] is None:
@@ -381,8 +385,8 @@ def _fgs(cache, model, m, card, test, dets, clean, config: StudyConfig, curves: 
     c = chunked_attack(cache, model, m, card, make_attack("fgsm", {**config.params.get("fgsm", {}), "eps": out["eps"]}),
                        test.images[:n], test.labels[:n], config)
     entry = _entry(c, config.seed)
-    det = (_detection(dets, model, clean, c.adversarial, entry["success"], seeding.derive(config.seed, "detector", 4))
-           if dets else None)
+    det = (_detection(dets, model, clean, c.adversarial, entry["success"], seeding.derive(config.seed, "detector", 4),
+                      full=False) if dets else None)
     es = entry["estimates"]
     out.update({"n": n, "success_rate": es["success_rate"], "robustness": es["robustness"],
                 "robust_accuracy": es["robust_accuracy"],
