@@ -4,13 +4,17 @@
     .venv/bin/python benchmarks/bench_attacks.py [--models fmnist-dfz,fmnist-gfz] [--n 200] [--n-slow 50]
                                                  [--n-zoo 10] [--n-eot 200] [--eot 20] [--eot-steps 10] [--eot-eps 0.03]
                                                  [--only FGSM,CW,APGD,AutoAttack,EOT] [--json OUT]
+                                                 [--device cuda] [--deadline SECONDS] [--skip DeepFool:torchattacks]
 
 The peers attack the stored model wrapped as a plain logits module (K = 10 importance samples, noise from
 a generator reset to the same seed before each tool runs); genrobust's attacks get the classifier itself
 with the same K and a generator seeded the same way, so FGSM gets the same gradients and the same noise in
 both tools. "model forward" is the time spent inside the wrapped module (peers only). Success is judged for every tool by the same fresh evaluation (independent
 noise, K = 10) over the images classified correctly; quality is success rate and median L2 of the
-successful perturbations. Times are wall seconds in this process, so compare ratios within one run.
+successful perturbations. Times are wall seconds in this process (on a GPU after a synchronize), so
+compare ratios within one run. Cases run one after another over the models, so a ``--deadline`` (no tool
+starts after it) leaves every case it reached measured on both models; a tool that raises is reported
+as an error row and the run goes on.
 
 Robust metrics (issue 12): every adversarial is also evaluated under R = 10 further fresh draws (the same
 evaluator stream): "robust acc" is the fraction of all n images whose adversarial a strict majority of them
@@ -43,13 +47,13 @@ EVAL_DRAWS = 10
 class Wrapped(nn.Module):
     """A genrobust classifier as a plain images -> logits module with resettable noise, counting queries."""
 
-    def __init__(self, model, samples: int = 10):
+    def __init__(self, model, samples: int = 10, device: torch.device = torch.device("cpu")):
         super().__init__()
-        self.model, self.samples = model, samples
+        self.model, self.samples, self.device = model, samples, device
         self.reset(SEED)
 
     def reset(self, seed: int) -> None:
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.queries, self.model_seconds = 0, 0.0
 
     def forward(self, x):
@@ -61,13 +65,15 @@ class Wrapped(nn.Module):
 
 
 def judge(model, x, y, adv) -> dict:
-    gen = seeding.generator(SEED, "evaluator")  # the stream run_attack judges with
+    gen = seeding.generator(SEED, "evaluator", device=x.device)  # the stream run_attack judges with
     before, after = predict(model, x, 10, gen), predict(model, adv, 10, gen)
     correct = before == y
     success = correct & (after != y)
     l2 = (adv - x).flatten(1).norm(dim=1)[success]
     p_wrong = (predict_draws(model, adv, 10, EVAL_DRAWS, gen) != y).float().mean(0)
-    return {"robust_accuracy": (p_wrong < 0.5).float().mean().item(),
+    # per-image vectors too, so two tools' rows can be compared with a paired test on the same images
+    return {"correct_clean": correct.tolist(), "fooled_fresh": success.tolist(), "p_wrong": p_wrong.tolist(),
+            "robust_accuracy": (p_wrong < 0.5).float().mean().item(),
             "p_misclassified": p_wrong[correct].mean().item() if correct.any() else None,
             "success_rate": (success.sum() / correct.sum().clamp_min(1)).item(),
             "median_l2": float(l2.median()) if len(l2) else None}
@@ -94,9 +100,9 @@ def art_attack(build):
     def run(wrapped, x, y):
         from art.estimators.classification import PyTorchClassifier
         clf = PyTorchClassifier(model=wrapped, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
-                                clip_values=(0.0, 1.0), device_type="cpu")
-        adv = build(clf).generate(x.numpy(), y=np.eye(10, dtype=np.float32)[y.numpy()])
-        return torch.from_numpy(adv).float(), wrapped.queries
+                                clip_values=(0.0, 1.0), device_type="gpu" if x.is_cuda else "cpu")
+        adv = build(clf).generate(x.cpu().numpy(), y=np.eye(10, dtype=np.float32)[y.cpu().numpy()])
+        return torch.from_numpy(adv).float().to(x.device), wrapped.queries
     return run
 
 
@@ -112,7 +118,8 @@ def cases(args):
     import torchattacks
     from art.attacks.evasion import CarliniL2Method, ZooAttack
     n, small, n_zoo, n_eot = args.n, args.n_slow, args.n_zoo, args.n_eot
-    cw = {"c": 1.0, "kappa": 0.0, "steps": 50, "binary_steps": 3, "lr": 0.01}
+    cw = {"c": 1.0, "kappa": 0.0, "steps": 50, "binary_steps": 3}  # each tool's own step rule: ours Adam at
+    art_lr = 0.01  # its default lr 0.05, ART its line search from learning_rate 0.01 (its default)
     zoo = {"steps": 20, "coords": 64, "c": 10.0, "lr": 0.05, "h": 1e-3}
     plain = {"accept_draws": 1}  # no robust acceptance: the attack trusts its own single draw
     eps, steps, eot = args.eot_eps, args.eot_steps, args.eot
@@ -141,6 +148,11 @@ def cases(args):
         ("DeepFool L2, overshoot 0.02, 50 iter", small,
          [("genrobust", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50} | plain)),
           ("genrobust, robust acceptance (default)", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50})),
+          ("genrobust, acceptance R=10 fraction 0.9", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50,
+                                                                        "accept_fraction": 0.9})),
+          ("genrobust, acceptance R=20", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50,
+                                                           "accept_draws": 20})),
+          ("genrobust, acceptance, 200 iter", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 200})),
           ("torchattacks", torchattacks_attack(lambda m: torchattacks.DeepFool(m, steps=50, overshoot=0.02)))]),
         ("Truncated-DeepFool L2", small,
          [("genrobust", ours("truncated-deepfool", plain)),
@@ -149,7 +161,7 @@ def cases(args):
          [("genrobust", ours("cw", cw | plain)),
           ("genrobust, robust acceptance (default)", ours("cw", cw)),
           ("ART CarliniL2Method", art_attack(lambda clf: CarliniL2Method(
-              clf, confidence=0.0, learning_rate=cw["lr"], binary_search_steps=cw["binary_steps"],
+              clf, confidence=0.0, learning_rate=art_lr, binary_search_steps=cw["binary_steps"],
               max_iter=cw["steps"], initial_const=cw["c"], batch_size=small, verbose=False)))]),
         (f"ZOO, {zoo['steps']} iterations x {zoo['coords']} coords", n_zoo,
          [("genrobust", ours("zoo", zoo | plain)),
@@ -159,6 +171,11 @@ def cases(args):
               initial_const=zoo["c"], abort_early=False, use_resize=False, use_importance=False,
               nb_parallel=zoo["coords"], batch_size=1, variable_h=zoo["h"], verbose=False)))]),
     ]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -174,47 +191,75 @@ def main() -> None:
     ap.add_argument("--eot-eps", type=float, default=0.03, help="L-infinity eps of the EOT cases (at 0.1 DFZ keeps "
                                                                 "no robust image, so every tool ties at 0)")
     ap.add_argument("--only", help="comma-separated case prefixes, e.g. FGSM,ZOO")
+    ap.add_argument("--skip", default="", help="comma-separated CASE:TOOL prefixes not to run, e.g. "
+                                               "DeepFool:torchattacks")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (every tool runs there)")
+    ap.add_argument("--deadline", type=float, help="seconds after which no further tool starts")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the median time is reported (on a GPU "
+                                                          "a run of a few hundred images takes under a second)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    start = time.perf_counter()
     test = data.load("fashion-mnist", "test", max(args.n, args.n_slow, args.n_zoo, args.n_eot))
+    images, labels = test.images.to(device), test.labels.to(device)
+    skip = [tuple(pair.split(":", 1)) for pair in args.skip.split(",") if ":" in pair]
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; first n test images of each case")
-    for name in args.models.split(","):
-        model, _ = ModelStore().load(name)
-        wrapped = Wrapped(model)
-        for case, n, tools in cases(args):
-            if args.only and not any(case.startswith(p) for p in args.only.split(",")):
-                continue
-            x, y = test.images[:n], test.labels[:n]
-            results = {}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads; first n test images of each case")
+    models = {m: ModelStore().load(m, device)[0] for m in args.models.split(",")}
+    for case, n, tools in cases(args):
+        if args.only and not any(case.startswith(p) for p in args.only.split(",")):
+            continue
+        x, y = images[:n], labels[:n]
+        for name, model in models.items():
+            wrapped = Wrapped(model, device=device)
+            case_rows, results = [], {}
             for tool, run in tools:
-                wrapped.reset(SEED)
-                t0 = time.perf_counter()
-                adv, queries = run(wrapped, x, y)
-                seconds = time.perf_counter() - t0
+                if any(case.startswith(c) and tool.startswith(t) for c, t in skip):
+                    continue
+                if args.deadline and time.perf_counter() - start > args.deadline:
+                    print(f"{name:<11} {case:<40} {tool:<40} not run (deadline)", flush=True)
+                    continue
+                times = []
+                try:
+                    for _ in range(args.repeat):  # same seeds every time, so every run returns the same images
+                        wrapped.reset(SEED)
+                        sync(device)
+                        t0 = time.perf_counter()
+                        adv, queries = run(wrapped, x, y)
+                        sync(device)
+                        times.append(time.perf_counter() - t0)
+                except Exception as exc:  # one tool's failure must not lose the others' rows
+                    print(f"{name:<11} {case:<40} {tool:<40} ERROR {type(exc).__name__}: {exc}", flush=True)
+                    rows.append({"model": name, "attack": case, "tool": tool, "n": n, "error": repr(exc)})
+                    continue
+                seconds = float(np.median(times))
                 results[tool] = adv
-                r = {"model": name, "attack": case, "tool": tool, "n": n, "seconds": seconds,
+                r = {"model": name, "attack": case, "tool": tool, "n": n, "seconds": seconds, "runs": times,
+                     "device": str(device),
                      "model_forward_seconds": wrapped.model_seconds,
                      "queries": queries if queries is not None else None, **judge(model, x, y, adv)}
                 rows.append(r)
+                case_rows.append(r)
                 ml2 = "-" if r["median_l2"] is None else f"{r['median_l2']:.3f}"
                 q = "" if queries is None else f"  queries {queries}"
                 fwd = f"{wrapped.model_seconds:6.2f}s" if wrapped.queries else f"{'-':>7}"
                 print(f"{name:<11} {case:<40} {tool:<40} n={n:<4} {seconds:8.2f}s (model forward {fwd})  "
                       f"success {r['success_rate']:.3f}  p_mis {r['p_misclassified'] or 0:.3f}  "
                       f"robust acc {r['robust_accuracy']:.3f}  median L2 {ml2}{q}", flush=True)
-            base = rows[-len(tools)]
-            for r in rows[-len(tools) + 1:]:
-                if r["tool"].startswith("genrobust"):
-                    continue
-                print(f"{'':<11} {'':<40} speed-up of genrobust over {r['tool']}: "
-                      f"{r['seconds'] / base['seconds']:.1f}x", flush=True)
-            if case.startswith("FGSM"):
+                if args.json:  # after every tool, so an interrupted run keeps what it measured
+                    with open(args.json, "w") as fh:
+                        json.dump(rows, fh, indent=2)
+            if case_rows and case_rows[0]["tool"] == tools[0][0]:
+                base = case_rows[0]
+                for r in case_rows[1:]:
+                    if not r["tool"].startswith("genrobust"):
+                        print(f"{'':<11} {'':<40} speed-up of genrobust over {r['tool']}: "
+                              f"{r['seconds'] / base['seconds']:.1f}x", flush=True)
+            if case.startswith("FGSM") and {"genrobust", "torchattacks"} <= results.keys():
                 diff = (results["genrobust"] - results["torchattacks"]).abs().max().item()
                 print(f"{'':<11} {'':<40} max |genrobust - torchattacks| = {diff:.2e}", flush=True)
-            if args.json:  # after every case, so an interrupted run keeps what it measured
-                with open(args.json, "w") as fh:
-                    json.dump(rows, fh, indent=2)
 
 
 if __name__ == "__main__":

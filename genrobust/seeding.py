@@ -25,6 +25,7 @@ STREAMS = {
     "labels": 5,       # labels predicted for unlabelled images before an attack
     "chunk": 6,        # a sweep chunk's own seed: key (start image,)
     "fit": 7,          # fitting and calibrating detectors: key (split,)
+    "acceptance": 8,   # an attack's frozen robust-acceptance draws (one set per image for the whole attack)
 }
 
 

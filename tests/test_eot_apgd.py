@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genrobust import seeding
 from genrobust.attacks import ATTACKS, Attack, AttackOutput, make_attack
 from genrobust.attacks.apgd import checkpoints
 from genrobust.attacks.autoattack import AutoAttack
@@ -73,10 +74,60 @@ def test_robust_acceptance_rejects_an_iterate_only_some_draws_misclassify():
     frac = f.fooled_fraction(x, y, draws=200)
     assert 0.35 < frac[0] < 0.65 and frac[1] == 1.0 and frac[2] == 0.0
     strict = make_attack("deepfool", {"accept_draws": 50, "accept_fraction": 0.9})
-    assert strict.accepted(f, x, y).tolist() == [False, True, False]
+    assert strict.accepted(f, x, y, torch.arange(3)).tolist() == [False, True, False]
     # a single lucky draw is what the plain attack accepts: over repeated tests x[0] gets through
     lax = make_attack("deepfool", {"accept_draws": 1})
-    assert any(lax.accepted(f, x[:1], y[:1]).item() for _ in range(20))
+    assert any(lax.accepted(f, x[:1], y[:1], torch.arange(1)).item() for _ in range(20))
+
+
+def test_acceptance_draws_are_frozen_per_image_and_apart_from_the_attackers_noise():
+    """A latent classifier's acceptance draws belong to the image, not to the call: the same verdicts
+    whatever subset an image comes in and however often it is tested, and drawn from their own stream."""
+    model = tiny_model("GFZ").eval()
+    x = _points(6, seed=3)
+    y = torch.zeros(6, dtype=torch.long)
+    f = LogitsFn(model, 2, torch.Generator().manual_seed(0), accept_seed=seeding.derive(0, "acceptance"),
+                 n_images=6)
+    every = torch.arange(6)
+    whole = f.fooled_fraction(x, y, 5, index=every)
+    subset = torch.tensor([4, 1])
+    assert torch.equal(f.fooled_fraction(x[subset], y[subset], 5, index=subset), whole[subset])
+    assert torch.equal(f.fooled_fraction(x, y, 5, index=every), whole)  # a second test sees the same draws
+    # the frozen logits are those of the acceptance stream's noise, not of the attacker's generator
+    noise = f.frozen_noise(5, x.device)
+    attacker = model.draw_noise(30, 2, torch.Generator().manual_seed(0))
+    assert not torch.equal(noise.reshape(30, *noise.shape[2:]), attacker)
+    with torch.no_grad():
+        direct = model.logits(x.repeat(5, 1, 1, 1), 2, noise=noise.reshape(30, *noise.shape[2:]))
+    assert torch.equal((direct.argmax(-1).view(5, 6) != y).float().mean(0), whole)
+
+
+def test_jacobian_under_given_noise_equals_the_logits_under_it():
+    model = tiny_model("GFZ").eval()
+    x = _points(3, seed=4)
+    noise = model.draw_noise(3, 2, torch.Generator().manual_seed(5))
+    logits, jac = model.logits_and_jacobian(x, 2, noise=noise)
+    assert torch.allclose(logits, model.logits(x, 2, noise=noise), atol=1e-5)
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model.logits(xr, 2, noise=noise)[:, 3].sum(), xr)
+    assert torch.allclose(jac[:, 3], g.flatten(1), atol=1e-4)
+
+
+def test_deepfool_returns_what_every_frozen_draw_misclassifies():
+    """With R frozen draws and fraction 1, every image DeepFool reports fooled is misclassified by all R of
+    its own acceptance draws (the attack aims at the farthest draw until then)."""
+    model = tiny_model("GFZ").eval()
+    x = _points(8, seed=6)
+    with torch.no_grad():
+        y = model.logits(x, 4, torch.Generator().manual_seed(0)).argmax(1)
+    f = LogitsFn(model, 4, torch.Generator(), accept_seed=seeding.derive(3, "acceptance"), n_images=8)
+    fractions = {}
+    for max_iter in (1, 100):
+        attack = make_attack("deepfool", {"samples": 4, "accept_draws": 5, "max_iter": max_iter})
+        adv = attack(model, x, y, seed=3).adversarial
+        fractions[max_iter] = f.fooled_fraction(adv, y, 5, index=torch.arange(8))
+    assert (fractions[1] < 1).any()  # one step leaves some images short of a draw's boundary
+    assert (fractions[100] == 1).all()
 
 
 def test_robust_acceptance_costs_nothing_on_a_deterministic_module():

