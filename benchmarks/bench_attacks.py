@@ -191,8 +191,8 @@ def main() -> None:
     ap.add_argument("--eot-eps", type=float, default=0.03, help="L-infinity eps of the EOT cases (at 0.1 DFZ keeps "
                                                                 "no robust image, so every tool ties at 0)")
     ap.add_argument("--only", help="comma-separated case prefixes, e.g. FGSM,ZOO")
-    ap.add_argument("--skip", default="", help="comma-separated CASE:TOOL prefixes not to run, e.g. "
-                                               "DeepFool:torchattacks")
+    ap.add_argument("--skip", default="", help="semicolon-separated CASE:TOOL prefixes not to run (tool names "
+                                               "contain commas), e.g. 'DeepFool:torchattacks;CW:ART'")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (every tool runs there)")
     ap.add_argument("--deadline", type=float, help="seconds after which no further tool starts")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the median time is reported (on a GPU "
@@ -203,7 +203,7 @@ def main() -> None:
     start = time.perf_counter()
     test = data.load("fashion-mnist", "test", max(args.n, args.n_slow, args.n_zoo, args.n_eot))
     images, labels = test.images.to(device), test.labels.to(device)
-    skip = [tuple(pair.split(":", 1)) for pair in args.skip.split(",") if ":" in pair]
+    skip = [tuple(pair.strip().split(":", 1)) for pair in args.skip.split(";") if ":" in pair]
     rows = []
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads; first n test images of each case")
