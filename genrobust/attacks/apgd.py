@@ -107,11 +107,11 @@ class APGD(Attack):
         # M >= R, as in autoattack rand).
         p, M = self.params, logits.shape[0]
         frac = (logits.argmax(-1) != y).float().mean(0)
-        ok = frac >= p.accept_fraction - 1e-9
+        ok = self.enough(frac)
         if f.stochastic and M < p.accept_draws:
             cand = ok.nonzero().squeeze(1)
             more = f.fooled_fraction(xa[cand], y[cand], p.accept_draws - M)
-            ok[cand] = (frac[cand] * M + more * (p.accept_draws - M)) / p.accept_draws >= p.accept_fraction - 1e-9
+            ok[cand] = self.enough((frac[cand] * M + more * (p.accept_draws - M)) / p.accept_draws)
         return grad, loss, ok
 
     def attack_once(self, f: LogitsFn, x0: torch.Tensor, y: torch.Tensor):

@@ -139,7 +139,7 @@ class DeepFool(Attack):
         re-linearising a draw already past it (whose margin, and so whose step, is tiny)."""
         p = self.params
         z = f.frozen_logits(xa[crossed], active[crossed], p.accept_draws)  # (R, n, C)
-        fooled = (z.argmax(-1) != ya[crossed]).float().mean(0) >= p.accept_fraction - 1e-9
+        fooled = self.enough((z.argmax(-1) != ya[crossed]).float().mean(0))
         still[crossed] = ~fooled
         rejected = crossed[~fooled]
         if len(rejected):
