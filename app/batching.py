@@ -10,7 +10,14 @@ Backpressure: the images admitted (waiting or in the running pass) are bounded, 
 recent passes). Images are counted at K = 10: an image asked for at K = 100 is ten times the work, and
 counts as ten. A request over either bound raises ``Overloaded`` at once (503 + Retry-After): under overload
 the service answers what it can serve within the bound and refuses the rest, instead of letting every
-request's latency grow without limit.
+request's latency grow without limit. Retry-After estimates when the refused client's turn is likely to come
+(``Batcher.refuse``), so that waiting clients do not all come back every second.
+
+Passes are also bounded in time (a quarter of the wait bound, once the pass time is known): a pass that took
+everything admitted would leave nothing queued, and the inference thread would idle while the event loop
+answered that pass and admitted the next requests. With shorter passes the next one is always waiting. On a
+CPU, batching buys little (BENCHMARKS.md, Load); on a GPU the time bound lies far above
+GENROBUST_BATCH_MAX_IMAGES, which then bounds the pass.
 """
 
 from __future__ import annotations
@@ -26,10 +33,18 @@ from itertools import groupby
 import torch
 
 log = logging.getLogger(__name__)
+PASS_SHARE = 0.25  # a pass takes at most this share of the wait bound
+WINDOW_S = 2.0  # recent answers and refusals: the window the rates are taken over
+MAX_RETRY_AFTER_S = 10
 
 
 class Overloaded(Exception):
-    """The service cannot take this work now; the message names the setting that bounds it (503)."""
+    """The service cannot take this work now; the message names the setting that bounds it (503, with
+    ``retry_after`` seconds in the Retry-After header)."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -39,6 +54,10 @@ class _Item:
     seed: int
     images: torch.Tensor
     future: asyncio.Future = field(repr=False)
+
+    @property
+    def units(self) -> float:  # images at K = 10
+        return len(self.images) * self.samples / 10
 
 
 @dataclass
@@ -62,17 +81,42 @@ class Batcher:
         # overload the time goes there as much as into the pass, so the wait is also bounded by Little's law
         # from their count and the rate at which responses recently left.
         self.in_flight = 0
-        self._answered: collections.deque[float] = collections.deque(maxlen=512)
+        self._answered: collections.deque[float] = collections.deque()  # times of recent responses, oldest first
+        self._refused: collections.deque[tuple[float, int]] = collections.deque()  # (time, Retry-After told)
+        self._told = 0  # sum of the Retry-After seconds in _refused
 
     def expected_wait(self, images: float = 0) -> float:
         """Seconds until ``images`` more would be served, if admitted now (0 before the first pass)."""
         return (self.pending + images) * (self.seconds_per_image or 0.0)
 
-    def answer_rate(self, window: float = 2.0) -> float | None:
+    def answer_rate(self, window: float = WINDOW_S) -> float | None:
         """Responses per second over the last ``window`` seconds (None: too few to tell)."""
         now = time.monotonic()
-        recent = [t for t in self._answered if now - t <= window]
-        return len(recent) / window if len(recent) >= 8 else None
+        while self._answered and now - self._answered[0] > window:
+            self._answered.popleft()
+        return len(self._answered) / window if len(self._answered) >= 8 else None
+
+    def refuse(self, message: str) -> Overloaded:
+        """The Overloaded to raise, its Retry-After set to when a turn is likely: the clients now waiting out a
+        refusal (Little's law: the Retry-After seconds told over the last window, per second of it) over the
+        rate requests are answered. A fixed 1 s would bring every waiting client back each second, hundreds
+        of refusals a second under heavy overload, each taking event-loop time from inference. 1 s without
+        enough answers to tell; at most MAX_RETRY_AFTER_S."""
+        now = time.monotonic()
+        while self._refused and now - self._refused[0][0] > WINDOW_S:
+            self._told -= self._refused.popleft()[1]
+        rate = self.answer_rate()
+        after = min(MAX_RETRY_AFTER_S, max(1, round(self._told / WINDOW_S / rate))) if rate else 1
+        self._refused.append((now, after))
+        self._told += after
+        return Overloaded(message, retry_after=after)
+
+    def pass_units(self) -> float:
+        """Most images (at K = 10) in one pass by time: PASS_SHARE of the wait bound (unbounded until the
+        first pass is timed, or without a wait bound)."""
+        if not self.max_wait_s or not self.seconds_per_image:
+            return float("inf")
+        return max(1.0, PASS_SHARE * self.max_wait_s / self.seconds_per_image)
 
     def admit(self) -> None:
         """Called when a /classify request arrives, before its body is read: Overloaded when the requests
@@ -80,7 +124,7 @@ class Batcher:
         self.check(1)
         rate = self.answer_rate()
         if self.max_wait_s > 0 and rate and self.in_flight >= 2 and (self.in_flight + 1) / rate > self.max_wait_s:
-            raise Overloaded(f"overloaded: {self.in_flight} /classify requests in progress at {rate:.0f}/s would "
+            raise self.refuse(f"overloaded: {self.in_flight} /classify requests in progress at {rate:.0f}/s would "
                              f"wait about {(self.in_flight + 1) / rate * 1000:.0f} ms, over "
                              f"{self.max_wait_s * 1000:.0f} ms (GENROBUST_CLASSIFY_MAX_WAIT_MS); retry later")
         self.in_flight += 1
@@ -95,10 +139,10 @@ class Batcher:
         if not self.pending:
             return
         if self.pending + images > self.queue_images:
-            raise Overloaded(f"overloaded: {self.pending:.0f} images (at K = 10) already queued for /classify, at most "
+            raise self.refuse(f"overloaded: {self.pending:.0f} images (at K = 10) already queued for /classify, at most "
                              f"{self.queue_images} (GENROBUST_CLASSIFY_QUEUE_IMAGES); retry later")
         if self.max_wait_s > 0 and (wait := self.expected_wait(images)) > self.max_wait_s:
-            raise Overloaded(f"overloaded: /classify would wait about {wait * 1000:.0f} ms, over "
+            raise self.refuse(f"overloaded: /classify would wait about {wait * 1000:.0f} ms, over "
                              f"{self.max_wait_s * 1000:.0f} ms (GENROBUST_CLASSIFY_MAX_WAIT_MS); retry later")
 
     async def start(self) -> None:
@@ -123,16 +167,18 @@ class Batcher:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         except TimeoutError:
             future.cancel()  # its pass skips it if it has not started
-            raise Overloaded(f"/classify did not finish within {self.timeout_s:g} s "
+            raise self.refuse(f"/classify did not finish within {self.timeout_s:g} s "
                              "(GENROBUST_CLASSIFY_TIMEOUT_S); retry later") from None
         finally:
             self.pending -= units
 
     async def _collect(self) -> None:
+        held = None  # the request that would have overrun the last pass: it opens the next one
         while True:
-            items = [await self.queue.get()]
-            n, deadline = len(items[0].images), self.loop.time() + self.wait_s
-            while n < self.max_images:
+            items = [held or await self.queue.get()]
+            held, deadline = None, self.loop.time() + self.wait_s
+            n, units, max_units = len(items[0].images), items[0].units, self.pass_units()
+            while n < self.max_images and units < max_units:
                 try:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -143,8 +189,11 @@ class Batcher:
                         item = await asyncio.wait_for(self.queue.get(), remaining)
                     except TimeoutError:
                         break
+                if n + len(item.images) > self.max_images or units + item.units > max_units:
+                    held = item
+                    break
                 items.append(item)
-                n += len(item.images)
+                n, units = n + len(item.images), units + item.units
             # the next batch accumulates in the queue while this one runs
             try:
                 await self.loop.run_in_executor(self.executor, self._run_batch, items)

@@ -22,9 +22,9 @@ log = logging.getLogger("genrobust.service")
 # what the job store and the broker raise when Redis or the SQLite files cannot be reached
 _UNREACHABLE = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                 sqlalchemy.exc.OperationalError, kombu.exceptions.OperationalError)
-# seconds a client should wait before retrying a 503: overload clears within a pass or two; an unreachable
-# broker usually needs longer
-RETRY_OVERLOADED, RETRY_UNREACHABLE = 1, 5
+# seconds a client should wait before retrying a 503 when the broker is unreachable (overload: Overloaded's
+# retry_after, estimated by the batcher)
+RETRY_UNREACHABLE = 5
 
 
 def _where(loc) -> str:
@@ -70,7 +70,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded):
-        return overloaded_response(str(exc))
+        return overloaded_response(exc)
 
     async def _broker(request: Request, exc: Exception):
         log.error("broker / result store unreachable on %s %s: %s", request.method, request.url.path, exc)
@@ -130,8 +130,8 @@ async def _reject(scope, send, status: int, detail: str) -> None:
     await JSONResponse({"detail": detail}, status_code=status)(scope, None, send)
 
 
-def overloaded_response(detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_OVERLOADED)})
+def overloaded_response(exc: Overloaded) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
 
 class ShedClassify:
@@ -151,7 +151,7 @@ class ShedClassify:
         try:
             batcher.admit()
         except Overloaded as exc:
-            return await overloaded_response(str(exc))(scope, receive, send)
+            return await overloaded_response(exc)(scope, receive, send)
         try:
             await self.app(scope, receive, send)
         finally:

@@ -16,7 +16,15 @@ from genrobust.store import ModelStore
 from worker import runtime
 from worker.jobs import JobStore, job_store
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+# Cheap dependencies are ``async def``: FastAPI runs a plain ``def`` in its thread pool, a hand-off to another
+# thread and back per request, which under load takes the core from inference (BENCHMARKS.md, Load).
+
+
+async def _settings() -> Settings:
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[ModelStore, Depends(runtime.store)]
 
 
@@ -27,7 +35,7 @@ def _jobs() -> JobStore:
 JobsDep = Annotated[JobStore, Depends(_jobs)]
 
 
-def _batcher(request: Request) -> Batcher:
+async def _batcher(request: Request) -> Batcher:
     return request.app.state.batcher
 
 
@@ -38,7 +46,7 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="A
                                           "store writes when configured.")
 
 
-def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+async def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
     check_api_key(settings, key)
 
 

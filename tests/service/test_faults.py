@@ -391,6 +391,70 @@ def test_batcher_admits_up_to_its_bound_and_refuses_the_rest_at_once():
     b.check(1)
 
 
+def test_batcher_passes_are_bounded_in_time_so_the_next_is_always_queued():
+    import asyncio
+
+    from app.batching import PASS_SHARE, Batcher
+
+    passes = []
+
+    def timed(model, samples, requests):  # 10 ms per image at K = 10, so the pass-time estimate stays put
+        n = sum(len(x) for x, _ in requests)
+        passes.append(n * samples / 10)
+        time.sleep(0.01 * n * samples / 10)
+        return [torch.full((len(x), 10), float(seed)) for x, seed in requests]
+
+    async def go(max_wait_s):
+        b = Batcher(timed, wait_s=0.02, max_images=1000, max_wait_s=max_wait_s)
+        b.seconds_per_image = 0.01  # as if timed by an earlier pass
+        await b.start()
+        outs = await asyncio.gather(*(b.logits("m", 10, i, torch.zeros(1, 1, 28, 28)) for i in range(60)))
+        k100 = await asyncio.gather(*(b.logits("m", 100, i, torch.zeros(1, 1, 28, 28)) for i in range(6)))
+        await b.stop()
+        return outs + k100
+
+    outs = asyncio.run(go(max_wait_s=1.0))
+    limit = PASS_SHARE * 1.0 / 0.01  # 25 images at K = 10 per pass
+    assert sum(passes) == 60 + 6 * 10 and max(passes) <= limit and len(passes) >= 60 / limit + 2
+    assert [int(o[0, 0]) for o, _ in outs] == list(range(60)) + list(range(6))  # each its own answer
+    # without a wait bound a pass takes what is queued, up to GENROBUST_BATCH_MAX_IMAGES
+    passes.clear()
+    asyncio.run(go(max_wait_s=0.0))
+    assert max(passes) > limit
+
+
+def test_answer_rate_is_not_capped_by_a_buffer():
+    from app.batching import Batcher
+
+    b = Batcher(lambda *a: None, wait_s=0.01, max_images=10)
+    now = time.monotonic()
+    b._answered.extend([now - 5.0] * 100 + [now - 0.5] * 2000)  # a fast (GPU) server: 1,000 answers/s
+    assert b.answer_rate(window=2.0) == 1000.0 and len(b._answered) == 2000  # old ones dropped
+
+
+def test_retry_after_is_when_a_refused_clients_turn_is_likely():
+    from app.batching import MAX_RETRY_AFTER_S, WINDOW_S, Batcher
+
+    assert Batcher(lambda *a: None, wait_s=0.01, max_images=10).refuse("x").retry_after == 1  # nothing to go by
+    b = Batcher(lambda *a: None, wait_s=0.01, max_images=10)
+    now = time.monotonic()
+    b._answered.extend([now - 0.5] * int(50 * WINDOW_S))  # answering 50 requests/s
+
+    def told(clients: int, seconds: int, age: float = 0.5):
+        # `clients` refusals in the window, each told to wait `seconds`: by Little's law clients x seconds /
+        # window are waiting out a refusal at any moment
+        for _ in range(clients):
+            b._refused.append((now - age, seconds))
+            b._told += seconds
+
+    told(300, 5, age=WINDOW_S + 1)  # older than the window: forgotten
+    told(100, 2)  # 100 waiting, answered at 50/s: a turn in about 2 s
+    assert b.refuse("x").retry_after == 2
+    told(400, 10)  # hopelessly overloaded: capped
+    exc = b.refuse("x")
+    assert exc.retry_after == MAX_RETRY_AFTER_S and str(exc) == "x"
+
+
 def test_overload_answers_503_with_retry_after_naming_the_setting(client):
     import threading
 
