@@ -157,12 +157,12 @@ class Batcher:
 
     async def logits(self, model: str, samples: int, seed: int, images: torch.Tensor
                      ) -> tuple[torch.Tensor, BatchInfo]:
-        units = len(images) * samples / 10
-        self.check(units)
-        future = self.loop.create_future()
+        item = _Item(model, samples, seed, images, self.loop.create_future())
+        self.check(item.units)
+        future, units = item.future, item.units
         self.pending += units
         try:
-            self.queue.put_nowait(_Item(model, samples, seed, images, future))
+            self.queue.put_nowait(item)
             # bounded even if the inference thread stalls; shield: a batch in progress still resolves it
             return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         except TimeoutError:

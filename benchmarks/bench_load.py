@@ -111,7 +111,8 @@ class _Meter:
 async def _phase(url: str, bodies: list[bytes], total: int, concurrency: int, backoff: bool, timeout: float,
                  client: str, meter: _Meter) -> dict:
     lat200, statuses, errors, next_i, last = [], {}, [], 0, 0.0
-    host, port = httpx.URL(url).host, httpx.URL(url).port
+    parsed = httpx.URL(url)
+    host, port = parsed.host, parsed.port
     raw = [b"POST /classify HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
            b"Content-Length: %d\r\n\r\n%s" % (host.encode(), port, len(b), b) for b in bodies]
 
@@ -212,6 +213,8 @@ def main() -> int:
     ap.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra GENROBUST_* settings")
     ap.add_argument("--json", type=Path, help="write every phase and the summary here")
     args = ap.parse_args()
+    if min(args.requests, args.rounds, *args.concurrency) < 1:
+        ap.error("--requests, --rounds and every --concurrency must be at least 1")
 
     cores = sorted(os.sched_getaffinity(0))
     server_cores, client_cores = ([cores[0]], cores[1:]) if len(cores) > 1 else (cores, cores)
