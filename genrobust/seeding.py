@@ -26,6 +26,7 @@ STREAMS = {
     "chunk": 6,        # a sweep chunk's own seed: key (start image,)
     "fit": 7,          # fitting and calibrating detectors: key (split,)
     "acceptance": 8,   # an attack's frozen robust-acceptance draws (one set per image for the whole attack)
+    "part": 9,         # a part of an attack batch too large to hold its acceptance draws at once: key (part,)
 }
 
 

@@ -21,9 +21,9 @@ def test_eot_gradient_is_the_mean_of_single_draw_gradients():
     x, y = _points(5), torch.arange(5)
     M, K = 4, 2
     f = LogitsFn(model, K, torch.Generator().manual_seed(7), eot=M)
-    f.grad_rows = 6  # force several chunks across the tiled batch
+    f.grad_rows = lambda device: 6  # force several chunks across the tiled batch
     grad, logits = expected_gradient(f, x, lambda z, i: F.cross_entropy(z, y[i], reduction="none"))
-    # the same noise, drawn as EOT draws it (one (M*N) draw, draw-major), then one pass per draw
+    # the same noise (drawn pass by pass, as one (M*N) draw, draw-major), then one pass per draw
     noise = model.draw_noise(M * 5, K, torch.Generator().manual_seed(7))
     singles, single_logits = [], []
     for m in range(M):

@@ -24,6 +24,7 @@ deterministic module, where they collapse to one draw):
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -35,9 +36,12 @@ from torch import nn
 from genrobust import seeding
 from genrobust.data import check_images, check_labels
 from genrobust.errors import GenrobustError, validation_message
-from genrobust.models import LatentClassifier
+from genrobust.models import LatentClassifier, pass_rows
 
 ATTACKS: dict[str, type["Attack"]] = {}
+
+# Rows of frozen acceptance noise (draws x images x K) an attack holds at once: 64 MB at D = 64.
+FROZEN_ROWS = 2**18
 
 
 class AttackParams(BaseModel):
@@ -71,11 +75,8 @@ class LogitsFn:
 
     # Large query batches (ZOO sends images x coordinates at once) run in chunks: a latent classifier's
     # pass is (rows x 10 classes x K) decoder passes, and moderate chunks stay in cache (BENCHMARKS.md).
+    # (The model splits a chunk further at large K: genrobust.models.pass_rows.)
     chunk = 64
-    # Rows per autograd pass of a tiled EOT batch: bounds memory (~3 MB per row at K = 10) while keeping
-    # batches large; a GPU takes far more at once.
-    grad_rows = 512
-    grad_rows_cuda = 8192
 
     def __init__(self, model: nn.Module, samples: int, generator: torch.Generator, eot: int = 1,
                  accept_seed: int | None = None, n_images: int = 0):
@@ -89,24 +90,38 @@ class LogitsFn:
         self._frozen: dict[int, torch.Tensor] = {}
         model.eval()
 
-    def __call__(self, x: torch.Tensor, seed: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, seed: int | None = None, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Logits of x with the attacker's noise: from its generator, one seeded by ``seed``, ``generator``,
+        or the given ``noise`` rows."""
         self.queries += x.shape[0]
         if not self.latent:
             return self.model(x)
-        if noise is None:
-            gen = self.generator if seed is None else torch.Generator(device=x.device).manual_seed(seed)
-            # All noise drawn up front (exactly what model.logits would draw), then evaluated in chunks.
-            noise = self.model.draw_noise(x.shape[0], self.samples, gen, x.device)
+        gen = generator or (self.generator if seed is None else torch.Generator(device=x.device).manual_seed(seed))
         if x.shape[0] <= self.chunk or torch.is_grad_enabled():
-            return self.model.logits(x, self.samples, noise=noise)
-        return torch.cat([self.model.logits(x[i:i + self.chunk], self.samples, noise=noise[i:i + self.chunk])
+            return self.model.logits(x, self.samples, gen, noise)
+        # each chunk draws its rows of noise from gen in turn (as model.logits does), never all at once
+        return torch.cat([self.model.logits(x[i:i + self.chunk], self.samples, gen,
+                                            None if noise is None else noise[i:i + self.chunk])
                           for i in range(0, x.shape[0], self.chunk)])
 
     def draws(self, x: torch.Tensor, m: int | None = None, seed: int | None = None) -> torch.Tensor:
-        """Logits under m independent noise draws (default: eot), shape (m, N, C): one pass over the batch
-        tiled m times (draw-major). A deterministic model is evaluated once, (1, N, C)."""
+        """Logits under m independent noise draws (default: eot), shape (m, N, C): the batch tiled m times
+        (draw-major) and evaluated in chunks of rows, without building the tile (ZOO tiles images x
+        coordinates x draws). A deterministic model is evaluated once, (1, N, C)."""
         m = (self.eot if m is None else m) if self.stochastic else 1
-        return self(x.repeat(m, *([1] * (x.dim() - 1))), seed).view(m, x.shape[0], -1)
+        if m == 1:
+            return self(x, seed)[None]
+        gen = self.generator if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+        return self._tiled(x, m, lambda rows, j: self(x[j], generator=gen))
+
+    def _tiled(self, x: torch.Tensor, m: int, evaluate) -> torch.Tensor:
+        """(m, N, C): ``evaluate(rows, j)`` on chunks of the rows of x tiled m times (j: their images)."""
+        n = x.shape[0]
+        rows = torch.arange(m * n, device=x.device)
+        step = m * n if torch.is_grad_enabled() else self.chunk
+        return torch.cat([evaluate(rows[s:s + step], rows[s:s + step] % n)
+                          for s in range(0, m * n, step)]).view(m, n, -1)
 
     def fooled_fraction(self, x: torch.Tensor, ref: torch.Tensor, draws: int, targeted: bool = False,
                         index: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,10 +146,9 @@ class LogitsFn:
 
     def frozen_logits(self, x: torch.Tensor, index: torch.Tensor, draws: int) -> torch.Tensor:
         """Logits of x under the frozen acceptance draws of its images (``index``), shape (draws, N, C)."""
-        noise = self.frozen_noise(draws, x.device)[:, index.to(x.device)]
-        tiled = x.repeat(draws, *([1] * (x.dim() - 1)))
+        frozen, index, n = self.frozen_noise(draws, x.device), index.to(x.device), len(x)
         with torch.no_grad():
-            return self(tiled, noise=noise.reshape(-1, *noise.shape[2:])).view(draws, len(x), -1)
+            return self._tiled(x, draws, lambda rows, j: self(x[j], noise=frozen[rows // n, index[j]]))
 
     def frozen_noise(self, draws: int, device: torch.device) -> torch.Tensor:
         """The attack's acceptance draws, (draws, n_images, 1, K, D), drawn once from accept_seed."""
@@ -144,9 +158,9 @@ class LogitsFn:
             self._frozen[draws] = noise.view(draws, self.n_images, *noise.shape[1:])
         return self._frozen[draws]
 
-    def row_chunk(self, n: int, device: torch.device) -> int:
-        """Rows of a tiled batch per autograd pass: at least one whole batch of n."""
-        return max(n, self.grad_rows_cuda if device.type == "cuda" else self.grad_rows)
+    def grad_rows(self, device: torch.device) -> int:
+        """Rows per autograd pass: memory grows with rows x K (genrobust.models.pass_rows)."""
+        return pass_rows(self.samples if self.latent else 1, device, grad=True)
 
     def draw_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
@@ -185,13 +199,33 @@ class Attack(ABC):
         if targets is not None:
             if not self.targeted_ok:
                 raise GenrobustError(f"{self.name} has no targeted mode")
-            targets = check_labels(targets, len(x))
+            targets = check_labels(targets, len(x)).to(x.device)
+        per = self.images_per_part(model)
+        if len(x) <= per:
+            return self._attack(model, x, y, seed, targets)
+        outs = [self._attack(model, x[s:s + per], y[s:s + per], seeding.derive(seed, "part", i),
+                             None if targets is None else targets[s:s + per])
+                for i, s in enumerate(range(0, len(x), per))]
+        queries = None if outs[0].queries is None else torch.cat([o.queries for o in outs])
+        return AttackOutput(torch.cat([o.adversarial for o in outs]), queries)
+
+    def images_per_part(self, model: nn.Module) -> float:
+        """Images attacked together. An attack holds its frozen acceptance draws for the whole batch (R x
+        images x K rows of noise, 256 B each at D = 64); a batch past FROZEN_ROWS goes in parts, each with its
+        own seed (stream ``part``). Every default fits in one part."""
+        draws = getattr(self.params, "accept_draws", 1)
+        if draws == 1 or not isinstance(model, LatentClassifier):
+            return math.inf
+        return max(1, FROZEN_ROWS // (draws * self.params.samples))
+
+    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+                targets: torch.Tensor | None) -> AttackOutput:
         # Tensors an attack creates (buffers, noise) land on the images' device, so CUDA workers need no
         # per-attack device code. (CI has no GPU: the CUDA path is not exercised by the tests.)
         with torch.device(x.device):
             f = LogitsFn(model, self.params.samples, torch.Generator(device=x.device).manual_seed(seed),
                          self.params.eot, accept_seed=seeding.derive(seed, "acceptance"), n_images=len(x))
-            out = self.run(f, x, y, None if targets is None else targets.to(x.device))
+            out = self.run(f, x, y, targets)
         out.adversarial = out.adversarial.detach().clamp_(0.0, 1.0)
         return out
 
@@ -237,32 +271,24 @@ def expected_gradient(f: LogitsFn, x: torch.Tensor, loss_fn: Callable[[torch.Ten
                       m: int | None = None, batch_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EOT gradient: d/dx of sum_i mean_draws loss_fn(logits, idx) over m independent draws (default eot),
     and the logits (m, N, C). ``loss_fn(logits_rows, idx)`` gives one loss per row of the tiled batch; idx
-    are the rows' image indices (to pick labels). Rows are processed in chunks of whole rows.
+    are the rows' image indices (to pick labels). Rows go in passes of ``f.grad_rows`` whole rows.
     ``batch_mean`` also divides by N: for sign or normalised steps the scale is irrelevant, and at eot = 1
-    the gradient is then bit-identical to a batch-mean loss such as torchattacks uses."""
+    (a batch in one pass) the gradient is then bit-identical to a batch-mean loss such as torchattacks uses."""
     n = x.shape[0]
     m = (f.eot if m is None else m) if f.stochastic else 1
     scale = m * n if batch_mean else m
     x = x.detach()
     rows = m * n
-    step = f.row_chunk(n, x.device)
-    noise = f.model.draw_noise(rows, f.samples, f.generator, x.device) if f.latent else None
+    step = f.grad_rows(x.device)
     grad = torch.zeros_like(x)
     logits_out = []
     for s in range(0, rows, step):
         idx = torch.arange(s, min(s + step, rows)) % n
         xr = x[idx].requires_grad_(True)
         f.queries += len(idx)
-        logits = f.model.logits(xr, f.samples, noise=noise[s:s + step]) if f.latent else f.model(xr)
+        # each pass draws its own rows of the attacker's noise, in turn
+        logits = f.model.logits(xr, f.samples, f.generator) if f.latent else f.model(xr)
         (g,) = torch.autograd.grad(loss_fn(logits, idx).sum() / scale, xr)
         grad.index_add_(0, idx, g)
         logits_out.append(logits.detach())
     return grad, torch.cat(logits_out).view(m, n, -1)
-
-
-def input_gradient(f: LogitsFn, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of loss_fn(logits) (summed over the batch) with respect to x, and the logits (one draw)."""
-    x = x.detach().requires_grad_(True)
-    logits = f(x)
-    (grad,) = torch.autograd.grad(loss_fn(logits).sum(), x)
-    return grad, logits.detach()

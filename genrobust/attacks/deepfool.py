@@ -51,16 +51,16 @@ class DeepFoolParams(RobustAcceptParams):
 
 def class_jacobian(f: LogitsFn, x: torch.Tensor, mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (n, C) and their gradients for every class, (n, C, D), averaged over f.eot noise draws per
-    image (the batch tiled, in chunks of whole rows; each draw's noise is shared by all classes)."""
+    image (the batch tiled; each draw's noise is shared by all classes), in passes of ``f.grad_rows`` whole
+    rows (the latent path's per-class replicas together cost one row's decoder work)."""
     n = x.shape[0]
     m = f.eot if f.stochastic else 1
-    if m == 1:
-        return _class_jacobian(f, x, mode)
-    xt = x.repeat(m, *([1] * (x.dim() - 1)))
-    # the latent path replicates every row once per class, so a chunk holds fewer rows
-    step = max(n, f.row_chunk(n, x.device) // (10 if f.latent and mode == "auto" else 1))
+    xt = x if m == 1 else x.repeat(m, *([1] * (x.dim() - 1)))
+    step = f.grad_rows(x.device)
     parts = [_class_jacobian(f, xt[s:s + step], mode) for s in range(0, len(xt), step)]
-    logits, jac = (torch.cat(t) for t in zip(*parts))
+    logits, jac = (torch.cat(t) for t in zip(*parts)) if len(parts) > 1 else parts[0]
+    if m == 1:
+        return logits, jac
     return logits.view(m, n, -1).mean(0), jac.view(m, n, *jac.shape[1:]).mean(0)
 
 
@@ -146,7 +146,10 @@ class DeepFool(Attack):
             worst = margin(z[:, ~fooled], ya[rejected]).argmax(0)  # the draw with the largest true-class margin
             noise = f.frozen_noise(p.accept_draws, xa.device)[worst, active[rejected]]
             f.queries += len(rejected)
-            logits[rejected], jac[rejected] = f.model.logits_and_jacobian(xa[rejected], f.samples, noise=noise)
+            step = f.grad_rows(xa.device)
+            for s in range(0, len(rejected), step):
+                rows = rejected[s:s + step]
+                logits[rows], jac[rows] = f.model.logits_and_jacobian(xa[rows], f.samples, noise=noise[s:s + step])
 
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
         return AttackOutput(x + self.deepfool(f, x, y))

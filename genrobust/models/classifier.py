@@ -22,6 +22,21 @@ from genrobust.models.structures import STRUCTURES, Structure
 
 LOG_2PI = math.log(2 * math.pi)
 
+# Row-samples (rows x K; a row is one image with all its candidate labels) in one pass of the model. Memory
+# grows with rows x K (fmnist-gfz on a CPU: about 0.28 MB per row-sample at inference, 0.55 MB with autograd;
+# BENCHMARKS.md), so a pass's rows shrink as K grows: K = 1000 costs the memory of K = 10, in more passes.
+# On the CPU the inference bound is the largest pass the study makes at K = 10 (512 rows of predict_draws),
+# and the gradient bound holds a whole 100-image attack batch (smaller gradient passes are also faster there:
+# they stay in cache), so the study's results are unchanged. A GPU needs large passes to fill up.
+PASS_UNITS = {"cpu": 5120, "cuda": 81920}
+GRAD_PASS_UNITS = {"cpu": 1280, "cuda": 81920}
+
+
+def pass_rows(samples: int, device: torch.device | str, grad: bool = False) -> int:
+    """Rows per pass at K = ``samples`` on ``device`` (with autograd: ``grad``), at least 1."""
+    units = (GRAD_PASS_UNITS if grad else PASS_UNITS)["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    return max(1, units // max(1, samples))
+
 
 class ModelConfig(BaseModel):
     """Architecture hyper-parameters. Stored in the model card; rebuilding from it gives the same model."""
@@ -159,6 +174,17 @@ class LatentClassifier(nn.Module):
         ``noise`` (N, 1, K, D) replaces the draw from ``generator``."""
         if samples < 1:
             raise GenrobustError(f"samples (K) must be at least 1, got {samples}")
+        rows = pass_rows(samples, x.device)
+        if torch.is_grad_enabled() or x.shape[0] <= rows:  # with autograd the caller chunks (its graph spans them)
+            return self._logits(x, samples, generator, noise)
+        # Each pass draws its own rows of noise from the generator in turn: on the CPU the same numbers as one
+        # draw for the whole batch whenever a row's K x D values are a multiple of 16 (D = 64 here), as torch
+        # fills normals in blocks of 16 (tested).
+        return torch.cat([self._logits(x[i:i + rows], samples, generator, None if noise is None else noise[i:i + rows])
+                          for i in range(0, x.shape[0], rows)])
+
+    def _logits(self, x: torch.Tensor, samples: int, generator: torch.Generator | None,
+                noise: torch.Tensor | None) -> torch.Tensor:
         y = torch.arange(self.config.num_classes, device=x.device).expand(x.shape[0], -1)
         return torch.logsumexp(self.log_weights(x, y, samples, generator, noise), dim=-1) - math.log(samples)
 
