@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import resource
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from service_helpers import REPO, free_port, test_images  # noqa: E402  (benchmarks/)
+from service_helpers import REPO, serving, test_images  # noqa: E402  (benchmarks/)
 
 PARAMS = {"fgsm": {}, "pgd": {"steps": 3}, "deepfool": {"max_iter": 3}}  # brief: K = 1000 is slow
 
@@ -64,8 +61,8 @@ def _child(name: str, samples: int, images: int, unbounded: bool) -> None:
 
 
 def _library(args) -> None:
-    print(f"fmnist-gfz, {args.images} test images, one thread; peak RSS of a fresh process above the loaded "
-          "model (base ~0.9 GB)")
+    print(f"fmnist-gfz, {args.images} test images, one thread; peak RSS of a fresh process, and above its RSS "
+          "once the model and images are loaded")
     print(f"{'what':<10}{'K':>6}  {'passes':<10}{'peak GB':>9}{'above model':>13}{'seconds':>9}")
     for name in args.attacks:
         for k in args.samples:
@@ -99,38 +96,20 @@ def _service(args) -> None:
     import httpx
 
     images = test_images(20)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")}
-        env.update(GENROBUST_DATA_DIR=str(Path(tmp) / "data"), GENROBUST_MODEL_DIR=str(Path(tmp) / "models"))
-        server = subprocess.Popen([sys.executable, "-m", "genrobust.cli", "serve", "--port", str(port),
-                                   "--no-access-log"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(url + "/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            body = {"model": "fmnist-gfz", "attack": "fgsm", "params": {"eps": 0.1, "samples": 1000},
-                    "images": images, "seed": 0}
-            idle = _vm_hwm(server.pid)
-            t0 = time.perf_counter()
+    with serving() as (url, server):
+        body = {"model": "fmnist-gfz", "attack": "fgsm", "params": {"eps": 0.1, "samples": 1000},
+                "images": images, "seed": 0}
+        idle = _vm_hwm(server.pid)
+        t0 = time.perf_counter()
 
-            def send(i: int) -> int:
-                return httpx.post(url + "/attack", json=body | {"seed": i}, timeout=1800).status_code
+        def send(i: int) -> int:
+            return httpx.post(url + "/attack", json=body | {"seed": i}, timeout=1800).status_code
 
-            with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                codes = list(pool.map(send, range(4)))
-            print(f"4 concurrent inline /attack (FGSM, samples 1000, 20 images): answers {codes} in "
-                  f"{time.perf_counter() - t0:.0f} s; server peak RSS {_vm_hwm(server.pid):.2f} GB "
-                  f"(after start-up {idle:.2f} GB)")
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
-
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(send, range(4)))
+        print(f"4 concurrent inline /attack (FGSM, samples 1000, 20 images): answers {codes} in "
+              f"{time.perf_counter() - t0:.0f} s; server peak RSS {_vm_hwm(server.pid):.2f} GB "
+              f"(after start-up {idle:.2f} GB)")
 
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--child":

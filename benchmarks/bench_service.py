@@ -5,7 +5,8 @@ and /attack FGSM latency for one image.
 
 Starts `genrobust serve` (embedded mode, a throw-away data dir, the shipped models) on a free port and
 drives it with asyncio + httpx from this process. Client and server share the machine's cores, so the
-figures include the client's JSON and HTTP work.
+figures include the client's JSON and HTTP work. Latencies are of the 200s; a client answered 503 waits
+Retry-After and counts it (benchmarks/bench_load.py measures overload properly).
 """
 
 from __future__ import annotations
@@ -13,33 +14,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
-from service_helpers import REPO, free_port, test_images  # noqa: E402  (benchmarks/)
+from service_helpers import serving, test_images  # noqa: E402  (benchmarks/)
 
 
 async def _classify_load(url: str, model: str, clients: int, images: list, per_request: int, seconds: float):
-    latencies, batch_sizes, infer_ms, done = [], [], [], 0
+    latencies, batch_sizes, infer_ms, done, refused = [], [], [], 0, 0
     stop = time.perf_counter() + seconds
 
     async def client(i: int, http: httpx.AsyncClient):
-        nonlocal done
+        nonlocal done, refused
         k = i
         while time.perf_counter() < stop:
             body = {"model": model, "images": images[k % len(images): k % len(images) + per_request],
                     "samples": 10, "seed": k}
             t0 = time.perf_counter()
             r = await http.post("/classify", json=body)
-            latencies.append(time.perf_counter() - t0)
+            if r.status_code == 503:  # backpressure: come back when told
+                refused += 1
+                await asyncio.sleep(float(r.headers.get("Retry-After", 1)))
+                continue
             r.raise_for_status()
+            latencies.append(time.perf_counter() - t0)
             batch_sizes.append(int(r.headers["X-Batch-Images"]))
             infer_ms.append(float(r.headers["X-Inference-Ms"]))
             done += per_request
@@ -52,7 +52,7 @@ async def _classify_load(url: str, model: str, clients: int, images: list, per_r
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         wall = time.perf_counter() - t0
     lat = np.array(latencies) * 1000
-    return {"model": model, "images/s": done / wall, "requests": len(lat), "p50 ms": np.percentile(lat, 50),
+    return {"model": model, "images/s": done / wall, "requests": len(lat), "503s": refused, "p50 ms": np.percentile(lat, 50),
             "p99 ms": np.percentile(lat, 99), "mean batch": statistics.mean(batch_sizes),
             "mean pass ms": statistics.mean(infer_ms)}
 
@@ -81,45 +81,22 @@ def main() -> None:
     args = ap.parse_args()
 
     images = test_images(200)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        (data / "FashionMNIST").mkdir(parents=True)
-        (data / "FashionMNIST" / "raw").symlink_to((REPO / "data" / "FashionMNIST" / "raw").resolve())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")}
-        env.update(GENROBUST_DATA_DIR=str(data), GENROBUST_MODEL_DIR=str(Path(tmp) / "models"))
-        if args.threads:
-            env["GENROBUST_THREADS"] = str(args.threads)
-        server = subprocess.Popen([sys.executable, "-m", "genrobust.cli", "serve", "--port", str(port),
-                                   "--no-access-log"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            import torch
-            print(f"torch {torch.__version__}, {os.cpu_count()} cores, server threads {args.threads or 'all'}; "
-                  f"{args.clients} clients x {args.images} "
-                  f"image(s) per request, K=10, {args.seconds:.0f}s per model")
-            print(f"{'model':<12}{'images/s':>10}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}"
-                  f"{'mean pass ms':>14}")
-            for model in args.models.split(","):
-                r = asyncio.run(_classify_load(url, model, args.clients, images, args.images, args.seconds))
-                print(f"{r['model']:<12}{r['images/s']:>10.0f}{r['requests']:>10}{r['p50 ms']:>9.0f}"
-                      f"{r['p99 ms']:>9.0f}{r['mean batch']:>12.1f}{r['mean pass ms']:>14.1f}")
-            print("\n/attack FGSM (eps 0.1, K=10), one image, sequential requests")
-            for model in args.models.split(","):
-                r = _attack_latency(url, model, images[0])
-                print(f"{r['model']:<12} p50 {r['p50 ms']:.0f} ms  p99 {r['p99 ms']:.0f} ms  "
-                      f"(attack itself {r['attack ms (p50)']:.0f} ms)")
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
-
+    with serving({"GENROBUST_THREADS": str(args.threads)} if args.threads else None, with_data=True) as (url, _):
+        import torch
+        print(f"torch {torch.__version__}, {os.cpu_count()} cores, server threads {args.threads or 'all'}; "
+              f"{args.clients} clients x {args.images} "
+              f"image(s) per request, K=10, {args.seconds:.0f}s per model")
+        print(f"{'model':<12}{'images/s':>10}{'requests':>10}{'503s':>6}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}"
+              f"{'mean pass ms':>14}")
+        for model in args.models.split(","):
+            r = asyncio.run(_classify_load(url, model, args.clients, images, args.images, args.seconds))
+            print(f"{r['model']:<12}{r['images/s']:>10.0f}{r['requests']:>10}{r['503s']:>6}{r['p50 ms']:>9.0f}"
+                  f"{r['p99 ms']:>9.0f}{r['mean batch']:>12.1f}{r['mean pass ms']:>14.1f}")
+        print("\n/attack FGSM (eps 0.1, K=10), one image, sequential requests")
+        for model in args.models.split(","):
+            r = _attack_latency(url, model, images[0])
+            print(f"{r['model']:<12} p50 {r['p50 ms']:.0f} ms  p99 {r['p99 ms']:.0f} ms  "
+                  f"(attack itself {r['attack ms (p50)']:.0f} ms)")
 
 if __name__ == "__main__":
     main()

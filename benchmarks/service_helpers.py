@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,3 +27,38 @@ def test_images(n: int) -> list:
     from genrobust import data
 
     return data.load("fashion-mnist", "test", n).images[:, 0].tolist()
+
+
+@contextmanager
+def serving(extra_env: dict[str, str] | None = None, with_data: bool = False, wait_s: float = 120):
+    """``genrobust serve`` (embedded, shipped models, a throw-away store and data dir; ``with_data``: the
+    repository's Fashion-MNIST files linked in) on a free port, until healthy; yields (url, process)."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        if with_data:
+            (data / "FashionMNIST").mkdir(parents=True)
+            (data / "FashionMNIST" / "raw").symlink_to((REPO / "data" / "FashionMNIST" / "raw").resolve())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")}
+        env.update(GENROBUST_DATA_DIR=str(data), GENROBUST_MODEL_DIR=str(Path(tmp) / "models"), **(extra_env or {}))
+        server = subprocess.Popen([sys.executable, "-m", "genrobust.cli", "serve", "--port", str(port),
+                                   "--no-access-log"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    if httpx.get(url + "/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"genrobust serve did not come up (exit {server.poll()})")
+                time.sleep(0.2)
+            yield url, server
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
