@@ -97,7 +97,8 @@ class LogitsFn:
         self.queries += x.shape[0]
         if not self.latent:
             return self.model(x)
-        gen = generator or (self.generator if seed is None else torch.Generator(device=x.device).manual_seed(seed))
+        gen = generator if generator is not None else (
+            self.generator if seed is None else torch.Generator(device=x.device).manual_seed(seed))
         if x.shape[0] <= self.chunk or torch.is_grad_enabled():
             return self.model.logits(x, self.samples, gen, noise)
         # each chunk draws its rows of noise from gen in turn (as model.logits does), never all at once
