@@ -30,8 +30,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from scipy import stats
-from service_helpers import REPO, free_port, test_images  # noqa: E402  (benchmarks/)
+from service_helpers import serving, test_images  # noqa: E402  (benchmarks/)
 
 
 class _Connection:
@@ -216,32 +214,20 @@ def main() -> int:
     if min(args.requests, args.rounds, *args.concurrency) < 1:
         ap.error("--requests, --rounds and every --concurrency must be at least 1")
 
+    bad_env = [kv for kv in args.server_env if "=" not in kv]
+    if bad_env:
+        ap.error(f"--server-env takes KEY=VALUE, got {' '.join(bad_env)}")
+
     cores = sorted(os.sched_getaffinity(0))
     server_cores, client_cores = ([cores[0]], cores[1:]) if len(cores) > 1 else (cores, cores)
-    tmp = Path(tempfile.mkdtemp(prefix="genrobust-load-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")}
-    # the embedded broker's files go to the throw-away data dir; /classify reads no dataset
-    env.update(GENROBUST_DATA_DIR=str(tmp), GENROBUST_MODEL_DIR=str(tmp / "models"), GENROBUST_THREADS="1")
-    env.update(dict(kv.split("=", 1) for kv in args.server_env))
-    cmd = ["taskset", "-c", ",".join(map(str, server_cores)), sys.executable, "-m", "genrobust.cli", "serve",
-           "--port", str(port), "--no-access-log"]
-    log = open(tmp / "serve.log", "w")
-    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    os.sched_setaffinity(0, client_cores)
-    url = f"http://127.0.0.1:{port}"
-    print(f"server on cores {server_cores}, client on cores {client_cores}; load average before "
-          f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}", flush=True)
-    try:
-        end = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.time() < end, (tmp / "serve.log").read_text()[-2000:]
-            time.sleep(0.3)
+    log = Path(tempfile.mkdtemp(prefix="genrobust-load-")) / "serve.log"
+    env = {"GENROBUST_THREADS": "1", **dict(kv.split("=", 1) for kv in args.server_env)}
+    # /classify reads no dataset
+    with serving(env, prefix=("taskset", "-c", ",".join(map(str, server_cores))), log=log) as (url, server):
+        os.sched_setaffinity(0, client_cores)
+        print(f"server on cores {server_cores}, client on cores {client_cores}; load average before "
+              f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; server log {log}",
+              flush=True)
         images = test_images(1000)
         httpx.post(url + "/classify", json={"model": args.model, "images": images[:1]}, timeout=60).raise_for_status()
         bodies = [json.dumps({"model": args.model, "images": [im], "samples": 10, "seed": i}).encode()
@@ -269,12 +255,6 @@ def main() -> int:
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                              "phases": results, "summary": rows}))
         return 0 if all(r["errors"] == 0 for r in results) else 1
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

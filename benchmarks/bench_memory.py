@@ -78,7 +78,7 @@ def _library(args) -> None:
 
 
 def _vm_hwm(pid: int) -> float:
-    """Peak resident memory of a process and its children, GB (the embedded worker is a child)."""
+    """The largest peak resident memory among a process and its children (the embedded worker), GB."""
     total = 0.0
     pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
                                                     text=True).stdout.split()]

@@ -30,9 +30,11 @@ def test_images(n: int) -> list:
 
 
 @contextmanager
-def serving(extra_env: dict[str, str] | None = None, with_data: bool = False, wait_s: float = 120):
+def serving(extra_env: dict[str, str] | None = None, with_data: bool = False, wait_s: float = 120,
+            prefix: tuple[str, ...] = (), log: Path | None = None):
     """``genrobust serve`` (embedded, shipped models, a throw-away store and data dir; ``with_data``: the
-    repository's Fashion-MNIST files linked in) on a free port, until healthy; yields (url, process)."""
+    repository's Fashion-MNIST files linked in) on a free port, until healthy; yields (url, process).
+    ``prefix``: a command to run it under (e.g. taskset); ``log``: where its output goes (else nowhere)."""
     import httpx
 
     port = free_port()
@@ -44,9 +46,10 @@ def serving(extra_env: dict[str, str] | None = None, with_data: bool = False, wa
             (data / "FashionMNIST" / "raw").symlink_to((REPO / "data" / "FashionMNIST" / "raw").resolve())
         env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")}
         env.update(GENROBUST_DATA_DIR=str(data), GENROBUST_MODEL_DIR=str(Path(tmp) / "models"), **(extra_env or {}))
-        server = subprocess.Popen([sys.executable, "-m", "genrobust.cli", "serve", "--port", str(port),
-                                   "--no-access-log"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        out = open(log, "w") if log else subprocess.DEVNULL
+        server = subprocess.Popen([*prefix, sys.executable, "-m", "genrobust.cli", "serve", "--port", str(port),
+                                   "--no-access-log"], cwd=REPO, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + wait_s
             while True:
@@ -56,9 +59,15 @@ def serving(extra_env: dict[str, str] | None = None, with_data: bool = False, wa
                 except httpx.TransportError:
                     pass
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"genrobust serve did not come up (exit {server.poll()})")
+                    tail = Path(log).read_text()[-2000:] if log else ""
+                    raise SystemExit(f"genrobust serve did not come up (exit {server.poll()})\n{tail}")
                 time.sleep(0.2)
             yield url, server
         finally:
             os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+            if log:
+                out.close()

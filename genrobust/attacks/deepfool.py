@@ -58,9 +58,7 @@ def class_jacobian(f: LogitsFn, x: torch.Tensor, mode: str = "auto") -> tuple[to
     xt = x if m == 1 else x.repeat(m, *([1] * (x.dim() - 1)))
     step = f.grad_rows(x.device)
     parts = [_class_jacobian(f, xt[s:s + step], mode) for s in range(0, len(xt), step)]
-    logits, jac = (torch.cat(t) for t in zip(*parts)) if len(parts) > 1 else parts[0]
-    if m == 1:
-        return logits, jac
+    logits, jac = (torch.cat(t) for t in zip(*parts))
     return logits.view(m, n, -1).mean(0), jac.view(m, n, *jac.shape[1:]).mean(0)
 
 
