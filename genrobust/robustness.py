@@ -238,33 +238,8 @@ def run_attack_chunked(model: nn.Module, attack: Attack, images, labels, *, seed
                           for s, e in chunk_bounds(len(x), chunk_size)], seed)
 
 
-# Estimated model passes per image, in units of one K=10 gradient pass; the service runs an /attack
-# request inline below a work limit (images x cost) and as a job above it. An upper bound from the
-# iteration parameters: early-stopping attacks usually finish sooner.
-FORWARD = 0.5  # a forward pass in units of a gradient pass
-ACCEPT_SHARE = 0.25  # robust acceptance runs on candidates only: at most ~1 iteration in 4 per image
-
-
-def attack_cost(attack: Attack) -> float:
-    p = attack.params
-    eot = getattr(p, "eot", 1) or 1  # EOT multiplies every gradient or score
-    iters = 1.0
-    for field in ("steps", "binary_steps", "max_iter", "restarts"):
-        iters *= getattr(p, field, 1) or 1
-    if hasattr(p, "coords"):  # finite differences: 2 * coords * eot + 1 forward queries per iteration
-        passes = iters * (2 * p.coords * eot + 1) * FORWARD
-    else:
-        passes = iters * eot
-    accept = getattr(p, "accept_draws", 0) * FORWARD  # R forwards per robust-acceptance test
-    passes += iters * accept * ACCEPT_SHARE
-    if hasattr(p, "bisection_steps"):  # one acceptance test per bisection step
-        passes += p.bisection_steps * max(accept, FORWARD)
-    passes *= len(attack.sequence()) if hasattr(attack, "sequence") else 1  # ensembles: attacks run in turn
-    return passes * p.samples / 10
-
-
 # Images per sweep chunk when none is set: enough work per task that dispatch, result storage and the
-# merge stay small beside it, in units of images x attack_cost (one K=10 gradient pass per image).
+# merge stay small beside it, in units of Attack.cost (one K=10 gradient pass of one image).
 CHUNK_WORK = {"cpu": 2500.0, "cuda": 250_000.0}
 CHUNK_RANGE = {"cpu": (10, 2000), "cuda": (200, 10_000)}
 
@@ -274,4 +249,4 @@ def default_chunk_size(attack: Attack, device: torch.device | str) -> int:
     thousand on a GPU (which only fills up with large batches of work)."""
     kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
     lo, hi = CHUNK_RANGE[kind]
-    return int(min(hi, max(lo, round(CHUNK_WORK[kind] / max(attack_cost(attack), 1e-9)))))
+    return int(min(hi, max(lo, round(CHUNK_WORK[kind] / max(attack.cost(1), 1e-9)))))

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body accepted, in bytes.")
     inline_attack_work: float = Field(
         2000.0, ge=0, description="/attack runs inline up to this work (images x estimated passes per image, "
-                                  "see genrobust.robustness.attack_cost); above it the request becomes a job (202).")
+                                  "see genrobust.attacks.Attack.cost); above it the request becomes a job (202).")
     result_expires: int = Field(7 * 24 * 3600, ge=60, description="Seconds job records and results are kept.")
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="/classify dynamic batching: how long the first "
                                                                   "request of a batch waits for others, in ms.")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from genrobust.attacks import ATTACKS, Attack, AttackOutput, make_attack, margin
+from genrobust.attacks import ATTACKS, L2NORM, Attack, AttackOutput, MinimalAttack, make_attack, margin
 from genrobust.attacks.deepfool import class_jacobian
 from genrobust.attacks.base import LogitsFn
 from genrobust.errors import GenrobustError
@@ -264,10 +264,14 @@ def test_unknown_attack_and_bad_inputs(images):
         attack(model, images, [0] * len(images), targets=[1] * len(images))
 
 
-class Toy(Attack, register=False):
+class Toy(MinimalAttack, register=False):
     """Adds a fixed perturbation per image (for checking the metrics by hand)."""
 
     name = "toy-fixed"
+    norm = L2NORM
+
+    def passes(self):
+        return 0.0
 
     def __init__(self, delta):
         super().__init__()

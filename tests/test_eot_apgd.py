@@ -6,12 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrobust import seeding
-from genrobust.attacks import ATTACKS, Attack, AttackOutput, make_attack
+from genrobust.attacks import ATTACKS, L2NORM, Attack, AttackOutput, MinimalAttack, make_attack
 from genrobust.attacks.apgd import checkpoints
 from genrobust.attacks.autoattack import AutoAttack
 from genrobust.attacks.base import LogitsFn, expected_gradient
 from genrobust.errors import GenrobustError
-from genrobust.robustness import attack_cost, merge_reports, run_attack
+from genrobust.robustness import merge_reports, run_attack
 from tests.conftest import tiny_model
 from tests.test_attacks import Linear, _labels, _points
 
@@ -232,7 +232,7 @@ def test_autoattack_versions_and_real_run():
     assert all(a.params.eot == 20 for a in rand.sequence())
     assert make_attack("autoattack", {"version": "rand", "eot": 3}).params.eot == 3
     assert make_attack("autoattack").params.eot == 1
-    assert attack_cost(rand) > attack_cost(make_attack("autoattack"))
+    assert rand.cost(1) > make_attack("autoattack").cost(1)
     model = tiny_model("GFZ")
     x = _points(4)
     out = make_attack("autoattack", {"version": "rand", "eot": 2, "steps": 3, "samples": 1})(model, x, torch.arange(4))
@@ -260,8 +260,12 @@ def test_every_attack_has_eot_and_the_minimal_ones_robust_acceptance():
         assert {"accept_draws", "accept_fraction"} <= set(ATTACKS[name].Params.model_fields)
 
 
-class Identity(Attack, register=False):
+class Identity(MinimalAttack, register=False):
     name = "identity"
+    norm = L2NORM
+
+    def passes(self):
+        return 0.0
 
     def run(self, f, x, y, targets):
         return AttackOutput(x.clone())

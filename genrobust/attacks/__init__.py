@@ -7,11 +7,12 @@ new file is all it takes to add an attack to the library, the CLI and the servic
 import importlib
 import pkgutil
 
-from genrobust.attacks.base import (ATTACKS, Attack, AttackOutput, AttackParams, LogitsFn, RobustAcceptParams,
-                                   make_attack, margin)
+from genrobust.attacks.base import (ATTACKS, Attack, AttackOutput, AttackParams, BallParams, BudgetedAttack, LogitsFn,
+                                   MinimalAttack, RobustAcceptParams, make_attack, margin)
+from genrobust.attacks.norms import L2NORM, LINF, NORMS, Norm
 
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name != "base":
+    if _mod.name not in ("base", "norms"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 # the study's order first, then anything added later
@@ -20,5 +21,5 @@ _sorted = sorted(ATTACKS.items(), key=lambda kv: (_ORDER.index(kv[0]) if kv[0] i
 ATTACKS.clear()
 ATTACKS.update(_sorted)
 
-__all__ = ["ATTACKS", "Attack", "AttackOutput", "AttackParams", "LogitsFn", "RobustAcceptParams", "make_attack",
-           "margin"]
+__all__ = ["ATTACKS", "Attack", "AttackOutput", "AttackParams", "BallParams", "BudgetedAttack", "L2NORM", "LINF",
+           "LogitsFn", "MinimalAttack", "NORMS", "Norm", "RobustAcceptParams", "make_attack", "margin"]

@@ -30,23 +30,22 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from genrobust.attacks.base import Attack, AttackOutput, LogitsFn, RobustAcceptParams, expected_gradient, margin
+from genrobust.attacks.base import (AttackOutput, BallParams, BudgetedAttack, LogitsFn, RobustAcceptParams,
+                                    expected_gradient, margin)
 
 TINY = 1e-12
 MOMENTUM = 0.75  # alpha of the paper
 RHO = 0.75  # fraction of improving steps below which the step size halves
 
 
-class BallParams(RobustAcceptParams):
-    """Budget shared by APGD and the ensembles built from it."""
+class APGDBudget(BallParams, RobustAcceptParams):
+    """Budget shared by APGD and the ensembles built from it (with robust acceptance for the early stop)."""
 
-    eps: float = Field(0.1, ge=0.0, description="Radius of the ball (L-infinity or L2).")
-    norm: Literal["linf", "l2"] = "linf"
     steps: int = Field(100, ge=1, le=100_000, description="Iterations per restart.")
     restarts: int = Field(1, ge=1, le=100, description="Runs from random starts (later ones on robust images only).")
 
 
-class APGDParams(BallParams):
+class APGDParams(APGDBudget):
     loss: Literal["ce", "dlr"] = Field("ce", description="Cross-entropy or the scale-invariant DLR loss.")
 
 
@@ -63,34 +62,15 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -margin(logits, y) / (top[..., 0] - top[..., 2] + TINY)
 
 
-class APGD(Attack):
+class APGD(BudgetedAttack):
     """Auto-PGD: step-size-free projected ascent with momentum on expected CE or DLR, with restarts."""
 
     name = "apgd"
     Params = APGDParams
-    norm = "linf"
 
-    def _unit(self, v: torch.Tensor) -> torch.Tensor:
-        if self.params.norm == "linf":
-            return v.sign()
-        return v / v.flatten(1).norm(dim=1).clamp_min(TINY).view(-1, 1, 1, 1)
-
-    def _project(self, x0: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
-        eps, d = self.params.eps, xa - x0
-        if self.params.norm == "linf":
-            d = d.clamp(-eps, eps)
-        else:
-            d = d * (eps / d.flatten(1).norm(dim=1).clamp_min(TINY)).clamp(max=1.0).view(-1, 1, 1, 1)
-        return (x0 + d).clamp(0.0, 1.0)  # clipping to the box only shrinks each coordinate of d
-
-    def _random_start(self, f: LogitsFn, x0: torch.Tensor) -> torch.Tensor:
-        if self.params.norm == "linf":
-            u = torch.rand(x0.shape, generator=f.generator) * 2 - 1
-        else:  # uniform direction, radius eps * U^(1/d)
-            u = torch.randn(x0.shape, generator=f.generator)
-            r = torch.rand(len(x0), 1, 1, 1, generator=f.generator) ** (1 / x0[0].numel())
-            u = u / u.flatten(1).norm(dim=1).clamp_min(TINY).view(-1, 1, 1, 1) * r
-        return self._project(x0, x0 + self.params.eps * u)
+    def passes(self) -> float:
+        iters = self.params.steps * self.params.restarts
+        return iters * self.params.eot + self.accept_passes(iters)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.params.loss == "ce":
@@ -120,7 +100,7 @@ class APGD(Attack):
         n = len(x0)
         marks = set(checkpoints(p.steps))
         eta = torch.full((n, 1, 1, 1), 2 * p.eps)
-        xk = self._random_start(f, x0)
+        xk = self.random_start(f, x0)
         grad, loss, done = self._evaluate(f, xk, y)
         out = xk.clone()
         x_max, f_max, g_max = xk.clone(), loss.clone(), grad.clone()
@@ -133,8 +113,8 @@ class APGD(Attack):
             if len(act) == 0:
                 break
             xa, xp, e, ga, x0a = xk[act], x_prev[act], eta[act], grad[act], x0[act]
-            z = self._project(x0a, xa + e * self._unit(ga))
-            new = z if k == 0 else self._project(x0a, xa + MOMENTUM * (z - xa) + (1 - MOMENTUM) * (xa - xp))
+            z = self.project(x0a, xa + e * self.norm.unit(ga))
+            new = z if k == 0 else self.project(x0a, xa + MOMENTUM * (z - xa) + (1 - MOMENTUM) * (xa - xp))
             g_new, l_new, ok = self._evaluate(f, new, y[act])
             x_prev[act], xk[act], grad[act] = xa, new, g_new
             improved[act] += (l_new > loss[act]).float()

@@ -21,13 +21,13 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from genrobust.attacks.apgd import APGD, BallParams
-from genrobust.attacks.base import Attack, AttackOutput, LogitsFn
+from genrobust.attacks.apgd import APGD, APGDBudget
+from genrobust.attacks.base import AttackOutput, BudgetedAttack, LogitsFn
 
 VERSIONS = {"standard": {"eot": 1, "losses": ("ce", "dlr")}, "rand": {"eot": 20, "losses": ("ce", "dlr")}}
 
 
-class AutoAttackParams(BallParams):
+class AutoAttackParams(APGDBudget):
     version: Literal["standard", "rand"] = Field("standard", description="standard: APGD-CE then APGD-DLR; "
                                                                           "rand: the same with eot = 20, no restarts.")
     eot: int | None = Field(None, ge=1, le=1000, description="Noise draws per gradient; default by version "
@@ -40,12 +40,14 @@ class AutoAttackParams(BallParams):
         return self
 
 
-class AutoAttack(Attack):
+class AutoAttack(BudgetedAttack):
     """APGD-CE then APGD-DLR (eot by version); each image keeps the first attack that fools it."""
 
     name = "autoattack"
     Params = AutoAttackParams
-    norm = "linf"
+
+    def passes(self) -> float:
+        return sum(a.passes() for a in self.sequence())  # an upper bound: later members see fewer images
 
     def sequence(self) -> list[APGD]:
         common = self.params.model_dump(exclude={"version"})

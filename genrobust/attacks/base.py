@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from genrobust import seeding
+from genrobust.attacks.norms import NORMS, Norm, NormName
 from genrobust.data import check_images, check_labels
 from genrobust.errors import GenrobustError, validation_message
 from genrobust.models import LatentClassifier, pass_rows
@@ -55,6 +56,13 @@ class AttackParams(BaseModel):
     eot: int = Field(1, ge=1, le=1000, description="M independent noise draws averaged per gradient or score "
                                                    "(Expectation over Transformation), tiled into one batched "
                                                    "pass; 1 for deterministic models.")
+
+
+class BallParams(AttackParams):
+    """The budget of an attack that maximises a loss within a ball."""
+
+    eps: float = Field(0.1, ge=0.0, description="Radius of the ball (L-infinity or L2).")
+    norm: NormName = "linf"
 
 
 class RobustAcceptParams(AttackParams):
@@ -173,13 +181,19 @@ class AttackOutput:
     queries: torch.Tensor | None = None  # (N,) model evaluations per image (black-box attacks)
 
 
+# Units of an attack's cost: one K = 10 gradient pass of one image; a forward pass is half of one.
+FORWARD = 0.5
+ACCEPT_SHARE = 0.25  # robust acceptance runs on candidates only: at most ~1 iteration in 4 per image
+
+
 class Attack(ABC):
-    """Base class. Subclasses set ``name``, ``Params`` and ``norm`` and implement ``run``; defining the
-    subclass registers it (one file per attack in this package, imported by the package)."""
+    """Base class of the two kinds below; an attack subclasses one of them, sets ``name`` and ``Params``
+    and implements ``run`` and ``passes``. Defining the subclass registers it (one file per attack in this
+    package, imported by the package)."""
 
     name: ClassVar[str]
+    kind: ClassVar[str]  # "budgeted" or "minimal"
     Params: ClassVar[type[AttackParams]] = AttackParams
-    norm: ClassVar[str] = "l2"  # the norm the attack minimises or bounds
     black_box: ClassVar[bool] = False
     targeted_ok: ClassVar[bool] = False
 
@@ -187,6 +201,28 @@ class Attack(ABC):
         super().__init_subclass__(**kwargs)
         if register and "name" in cls.__dict__:
             ATTACKS[cls.name] = cls
+
+    @property
+    @abstractmethod
+    def norm(self) -> Norm:
+        """The norm the attack bounds (budgeted) or minimises (minimal)."""
+
+    @abstractmethod
+    def passes(self) -> float:
+        """Model passes per image at the attack's K, in gradient passes (a forward pass: FORWARD); an upper
+        bound from the iteration parameters (early-stopping attacks usually finish sooner)."""
+
+    def cost(self, images: int, samples: int | None = None) -> float:
+        """Work of attacking ``images`` images at K = ``samples`` (default: the attack's own), in units of one
+        K = 10 gradient pass of one image: the service's inline limit, sweep chunking and the study's
+        presets all read it."""
+        k = self.params.samples if samples is None else samples
+        return images * self.passes() * k / 10
+
+    def accept_passes(self, iterations: float) -> float:
+        """Passes of robust acceptance over ``iterations`` iterations: R forwards per test, tests on
+        candidates only (ACCEPT_SHARE of the iterations)."""
+        return iterations * getattr(self.params, "accept_draws", 0) * FORWARD * ACCEPT_SHARE
 
     def __init__(self, **params):
         try:
@@ -250,6 +286,74 @@ class Attack(ABC):
         """Robust acceptance's verdict on a fraction of draws that misclassify (float tolerance: 9/10 of
         the draws meets a fraction of 0.9)."""
         return fooled_fraction >= self.params.accept_fraction - 1e-9
+
+
+class BudgetedAttack(Attack, register=False):
+    """Maximise a loss within the eps-ball of ``norm`` around x (FGSM, PGD, APGD, Square, AutoAttack).
+
+    The kind owns the ball: projection onto it and the box, and the random start. Its result is always
+    inside the ball: a point an algorithm left outside (it should never) is projected back."""
+
+    kind = "budgeted"
+    Params = BallParams
+
+    @property
+    def norm(self) -> Norm:
+        return NORMS[self.params.norm]
+
+    @property
+    def eps(self) -> float:
+        return self.params.eps
+
+    def project(self, x0: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+        """xa moved into the eps-ball around x0 and the [0, 1] box (the box only shrinks each coordinate of
+        the perturbation, so the result stays in the ball)."""
+        return (x0 + self.norm.project(xa - x0, self.eps)).clamp(0.0, 1.0)
+
+    def random_start(self, f: LogitsFn, x0: torch.Tensor) -> torch.Tensor:
+        """A uniform random point of the ball around x0 (the attacker's noise), projected into the box."""
+        return self.project(x0, x0 + self.norm.random(x0.shape, self.eps, f.generator))
+
+    def _attack(self, model, x, y, seed, targets):
+        out = super()._attack(model, x, y, seed, targets)
+        outside = self.norm.size(out.adversarial - x) > self.eps * (1 + 1e-5) + 1e-7
+        if outside.any():
+            out.adversarial[outside] = self.project(x[outside], out.adversarial[outside])
+        return out
+
+
+class MinimalAttack(Attack, register=False):
+    """The smallest perturbation, in ``norm``, that robustly fools (DeepFool, Truncated-DeepFool, CW, ZOO).
+
+    The kind owns robust acceptance (``RobustAcceptParams``: an iterate counts only when enough of the
+    image's frozen draws misclassify it) and the bookkeeping of the smallest accepted point."""
+
+    kind = "minimal"
+    Params = RobustAcceptParams
+    norm: ClassVar[Norm]
+
+    @staticmethod
+    def keep_smallest(best: torch.Tensor, best_size: torch.Tensor, candidate: torch.Tensor,
+                      size: torch.Tensor, ok: torch.Tensor) -> None:
+        """In place: where ``ok``, ``candidate`` (with its ``size``) replaces the best point so far."""
+        best_size.copy_(torch.where(ok, size, best_size))
+        best[ok] = candidate[ok]
+
+
+def hinge(logits: torch.Tensor, ref: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
+    """The CW/ZOO adversarial loss: max(Z_ref - max other, -kappa) (targeted: max(max other - Z_ref, -kappa)),
+    < 0 once the margin is crossed (by kappa when kappa > 0)."""
+    return margin_score(logits, ref, targeted).clamp(min=-kappa)
+
+
+def margin_score(logits: torch.Tensor, ref: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """The signed margin behind ``hinge``, unclamped: untargeted Z_ref - max other, targeted max other - Z_ref."""
+    return (-1.0 if targeted else 1.0) * margin(logits, ref)
+
+
+def crossed(score: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Has a signed margin score crossed the boundary (by kappa, when kappa > 0)?"""
+    return score <= -kappa if kappa > 0 else score < 0
 
 
 def make_attack(name: str, params: dict | None = None) -> Attack:

@@ -20,7 +20,9 @@ candidate (an iterate the averaged margin saw adversarial and smaller than the b
 import torch
 from pydantic import Field
 
-from genrobust.attacks.base import Attack, AttackOutput, LogitsFn, RobustAcceptParams, expected_gradient, margin
+from genrobust.attacks.base import (AttackOutput, LogitsFn, MinimalAttack, RobustAcceptParams, crossed,
+                                    expected_gradient, hinge, margin_score)
+from genrobust.attacks.norms import L2NORM
 
 BIG = 1e10
 
@@ -35,22 +37,26 @@ class CWParams(RobustAcceptParams):
     lr: float = Field(0.05, gt=0.0, le=10.0, description="Adam learning rate in tanh space.")
 
 
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimalAttack):
     """Carlini-Wagner L2: Adam in tanh space on ||x - x0||^2 + c * hinge(logit margin), binary search on c."""
 
     name = "cw"
     Params = CWParams
+    norm = L2NORM
     targeted_ok = True
+
+    def passes(self) -> float:
+        iters = self.params.steps * self.params.binary_steps
+        return iters * self.params.eot + self.accept_passes(iters)
 
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
         p = self.params
         N = len(x)
         ref = targets if targets is not None else y
-        sign = -1.0 if targets is not None else 1.0  # targeted: push Z_t above the rest
+        targeted = targets is not None  # targeted: push Z_t above the rest
 
-        def hinge(logits, idx):
-            m = sign * margin(logits, ref[idx])  # untargeted: Z_y - max other; targeted: max other - Z_t
-            return c[idx] * m.clamp(min=-p.kappa)
+        def loss(logits, idx):
+            return c[idx] * hinge(logits, ref[idx], targeted, p.kappa)
 
         w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         c = torch.full((N,), p.c)
@@ -64,19 +70,17 @@ class CarliniWagnerL2(Attack):
                 xa = 0.5 * (torch.tanh(w) + 1)
                 # d/dxa of the expected c * hinge over the eot draws, then chained through tanh with the
                 # exact L2 term: (l2 + <xa, g>) has the gradient of the whole objective
-                g, logits = expected_gradient(f, xa, hinge)
+                g, logits = expected_gradient(f, xa, loss)
                 l2 = (xa - x).flatten(1).pow(2).sum(1)
                 opt.zero_grad()
                 (l2.sum() + (xa * g).sum()).backward()
                 opt.step()
                 with torch.no_grad():
-                    m = sign * margin(logits.mean(0), ref)
-                    success = m <= -p.kappa if p.kappa > 0 else m < 0
+                    success = crossed(margin_score(logits.mean(0), ref, targeted), p.kappa)
                     cand = (success & (l2 < best_l2)).nonzero().squeeze(1)
                     ok = torch.zeros(N, dtype=torch.bool)
-                    ok[cand] = self.accepted(f, xa.detach()[cand], ref[cand], cand, targets is not None, success[cand])
-                    best_l2 = torch.where(ok, l2, best_l2)
-                    best[ok] = xa.detach()[ok]
+                    ok[cand] = self.accepted(f, xa.detach()[cand], ref[cand], cand, targeted, success[cand])
+                    self.keep_smallest(best, best_l2, xa.detach(), l2, ok)
                     found |= ok
             # binary search on c: success -> try smaller c; failure -> larger (x10 until bracketed)
             upper = torch.where(found, torch.minimum(upper, c), upper)

@@ -28,7 +28,8 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from genrobust.attacks.base import Attack, AttackOutput, LogitsFn, RobustAcceptParams, margin
+from genrobust.attacks.base import AttackOutput, LogitsFn, MinimalAttack, RobustAcceptParams, margin
+from genrobust.attacks.norms import Norm, norm
 
 TINY = 1e-12
 
@@ -79,24 +80,26 @@ def _class_jacobian(f: LogitsFn, x: torch.Tensor, mode: str) -> tuple[torch.Tens
     return logits.detach(), jac.reshape(n, C, -1)
 
 
-class DeepFool(Attack):
+class DeepFool(MinimalAttack):
     """Minimal L_p perturbation by iterated linearisation of the decision boundary."""
 
     name = "deepfool"
     Params = DeepFoolParams
-    norm = "lp"
 
     @property
-    def q(self) -> float:
-        p = self.params.p
-        return 1.0 if math.isinf(p) else p / (p - 1.0)
+    def norm(self) -> Norm:
+        return norm(self.params.p)
+
+    def passes(self) -> float:
+        p = self.params
+        return p.max_iter * p.eot + self.accept_passes(p.max_iter)
 
     def dual_norm(self, w: torch.Tensor) -> torch.Tensor:
-        return w.abs().pow(self.q).sum(-1).pow(1.0 / self.q) if self.q != 1.0 else w.abs().sum(-1)
+        return self.norm.dual_size(w)
 
     def step(self, w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """The minimal L_p step r with w . r = |d| (template hook: depends on the norm only through q)."""
-        q = self.q
+        """The minimal L_p step r with w . r = |d| (depends on the norm only through its dual exponent q)."""
+        q = self.norm.q
         w_norm = self.dual_norm(w).clamp_min(TINY)
         return ((d.abs() + 1e-4) / w_norm.pow(q))[:, None] * w.abs().pow(q - 1.0) * w.sign()
 

@@ -8,19 +8,23 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from genrobust.attacks.base import Attack, AttackOutput, AttackParams, LogitsFn, expected_gradient
+from genrobust.attacks.base import AttackOutput, AttackParams, BudgetedAttack, LogitsFn, expected_gradient
+from genrobust.attacks.norms import LINF
 
 
 class FGSMParams(AttackParams):
     eps: float = Field(0.1, ge=0.0, le=1.0, description="L-infinity size of the step.")
 
 
-class FGSM(Attack):
+class FGSM(BudgetedAttack):
     """x + eps * sign(grad_x E[CE(logits, y)]), clipped to [0, 1] (expectation over the eot draws)."""
 
     name = "fgsm"
     Params = FGSMParams
-    norm = "linf"
+    norm = LINF  # one signed step: L-infinity only
+
+    def passes(self) -> float:
+        return self.params.eot
 
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
         # expected CE over the eot draws, as a batch mean: at eot = 1 exactly torchattacks' gradient, so

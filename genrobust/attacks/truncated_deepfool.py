@@ -12,7 +12,7 @@ the iterations; ||t * eta|| <= ||eta|| by construction. Cost: ``bisection_steps`
 import torch
 from pydantic import Field
 
-from genrobust.attacks.base import AttackOutput, LogitsFn
+from genrobust.attacks.base import FORWARD, AttackOutput, LogitsFn
 from genrobust.attacks.deepfool import DeepFool, DeepFoolParams
 
 
@@ -25,6 +25,9 @@ class TruncatedDeepFool(DeepFool):
 
     name = "truncated-deepfool"
     Params = TruncatedDeepFoolParams
+
+    def passes(self) -> float:  # one acceptance test per bisection step
+        return super().passes() + self.params.bisection_steps * max(self.params.accept_draws, 1) * FORWARD
 
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
         eta = self.deepfool(f, x, y)

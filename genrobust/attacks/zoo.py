@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from genrobust.attacks.base import Attack, AttackOutput, LogitsFn, RobustAcceptParams, margin
+from genrobust.attacks.base import (FORWARD, AttackOutput, LogitsFn, MinimalAttack, RobustAcceptParams, crossed,
+                                    hinge, margin_score)
+from genrobust.attacks.norms import L2NORM
 
 
 class ZOOParams(RobustAcceptParams):
@@ -38,19 +40,24 @@ class ZOOParams(RobustAcceptParams):
     early_stop: bool = Field(True, description="Stop an image at its first success.")
 
 
-class ZOO(Attack):
+class ZOO(MinimalAttack):
     """ZOO: finite-difference coordinate Adam on ||x - x0||^2 + c * hinge(log-probability margin)."""
 
     name = "zoo"
     Params = ZOOParams
+    norm = L2NORM
     black_box = True
     targeted_ok = True
+
+    def passes(self) -> float:  # finite differences: 2 * coords * eot + 1 forward queries per iteration
+        p = self.params
+        return p.steps * (2 * p.coords * p.eot + 1) * FORWARD + self.accept_passes(p.steps)
 
     def run(self, f: LogitsFn, x: torch.Tensor, y: torch.Tensor, targets) -> AttackOutput:
         p = self.params
         N, D = len(x), x[0].numel()
         ref = targets if targets is not None else y
-        sign = -1.0 if targets is not None else 1.0
+        targeted = targets is not None
         x0 = x.reshape(N, D)
         xa = x0.clone()
         m, v, t = torch.zeros(N, D), torch.zeros(N, D), torch.zeros(N, D)
@@ -59,11 +66,12 @@ class ZOO(Attack):
         best = x0.clone()
 
         def scores(batch: torch.Tensor, labels: torch.Tensor, seed: int, m: int = 1) -> torch.Tensor:
-            """sign * margin of the log-probabilities: < 0 means adversarial. With m > 1, the hinge
+            """The signed margin of the log-probabilities: < 0 means adversarial. With m > 1, the hinge
             max(score, -kappa) averaged over m draws (the expected loss EOT differentiates)."""
             logp = F.log_softmax(f.draws(batch.view(-1, *x.shape[1:]), m, seed=seed), dim=-1)
-            score = sign * margin(logp, labels)
-            return score[0] if score.shape[0] == 1 else score.clamp(min=-p.kappa).mean(0)
+            if logp.shape[0] == 1:
+                return margin_score(logp[0], labels, targeted)
+            return hinge(logp, labels, targeted, p.kappa).mean(0)
 
         with torch.no_grad():
             for _ in range(p.steps):
@@ -97,12 +105,12 @@ class ZOO(Attack):
                 xa[act] = cur.scatter(1, coords, new)
                 # check the new point (one query per image)
                 score = scores(xa[act], ref[act], f.draw_seed())
-                success = score < -p.kappa if p.kappa > 0 else score < 0
+                success = crossed(score, p.kappa)
                 queries[act] += 2 * k * f.eot + 1
                 cand = act[success]
                 if f.stochastic and p.accept_draws > 1 and len(cand):  # robust acceptance of the candidates
                     queries[cand] += p.accept_draws
-                    ok = self.accepted(f, xa[cand].view(-1, *x.shape[1:]), ref[cand], cand, targets is not None)
+                    ok = self.accepted(f, xa[cand].view(-1, *x.shape[1:]), ref[cand], cand, targeted)
                 else:
                     ok = torch.ones(len(cand), dtype=torch.bool)
                 hit = cand[ok]

@@ -9,7 +9,6 @@ from app.api.routes import errors
 from app.api.routes.jobs import JOB_LINKS
 from app.schemas import AttackRequest, AttackResponse, JobAccepted
 from genrobust.attacks import make_attack
-from genrobust.robustness import attack_cost
 from worker import calls, submit
 
 router = APIRouter(tags=["inference"])
@@ -29,7 +28,7 @@ def attack(req: Annotated[AttackRequest, Body()], settings: SettingsDep, request
     x = images.decode(req, settings.max_images)
     known_model(req.model)
     params = req.params.model_dump(mode="json")
-    work = len(x) * attack_cost(make_attack(req.attack, params))
+    work = make_attack(req.attack, params).cost(len(x))
     call = dict(model=req.model, attack=req.attack, params=params, labels=req.labels, seed=req.seed,
                 eval_samples=req.eval_samples)
     if work > settings.inline_attack_work:

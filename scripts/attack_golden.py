@@ -1,0 +1,46 @@
+"""Write the golden outputs that tests/test_attack_golden.py holds every attack to.
+
+An attack whose algorithm does not change must give the same adversarials after a refactor. This script
+runs each case of tests/attack_cases.py and saves the adversarials (and queries) to
+tests/data/attack_golden.safetensors. Regenerate it only when an algorithm changes on purpose, and say
+which in the commit.
+
+    .venv/bin/python scripts/attack_golden.py [--check]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.attack_cases import CASES, run_case  # noqa: E402
+
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "attack_golden.safetensors"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with the saved file instead of writing it")
+    args = ap.parse_args()
+    out = {}
+    for key in CASES:
+        for name, t in run_case(key).items():
+            out[f"{key}/{name}"] = t.contiguous()
+    if not args.check:
+        save_file(out, GOLDEN)
+        print(f"wrote {len(out)} tensors to {GOLDEN}")
+        return 0
+    gold = load_file(GOLDEN)
+    bad = [k for k in gold if k not in out or not torch.equal(gold[k], out[k])]
+    for k in bad:
+        diff = (gold[k].double() - out[k].double()).abs().max().item() if k in out else float("nan")
+        print(f"DIFFERS {k}: max |diff| {diff:.3g}")
+    print(f"{len(gold) - len(bad)}/{len(gold)} bit-identical")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
