@@ -7,9 +7,10 @@ from torch import nn
 
 from genrobust import seeding
 from genrobust.attacks import ATTACKS, L2NORM, Attack, AttackOutput, MinimalAttack, make_attack
-from genrobust.attacks.apgd import checkpoints
+from genrobust.attacks.apgd import APGD, APGDTargeted, checkpoints, dlr_targeted_loss
 from genrobust.attacks.autoattack import AutoAttack
-from genrobust.attacks.base import LogitsFn, expected_gradient
+from genrobust.attacks.base import FORWARD, LogitsFn, expected_gradient
+from genrobust.attacks.square import Square
 from genrobust.errors import GenrobustError
 from genrobust.robustness import merge_reports, run_attack
 from tests.conftest import tiny_model
@@ -213,30 +214,123 @@ def test_autoattack_keeps_per_image_the_first_attack_that_fools_it(monkeypatch):
         def __init__(self, value, fools):
             self.value, self.fools = value, fools
 
-        def attack(self, f, x, y):
-            calls.append(y.tolist())
+        def attack(self, f, x, y, index=None):
+            calls.append((y.tolist(), index.tolist()))
             fooled = torch.tensor([int(label) in self.fools for label in y])
             return torch.full_like(x, self.value), fooled
 
     monkeypatch.setattr(AutoAttack, "sequence", lambda self: [Fake(0.1, {0, 2}), Fake(0.2, {0, 1, 3}), Fake(0.3, set())])
     x, y = torch.zeros(5, 1, 28, 28), torch.arange(5)  # label i identifies image i
-    adv = make_attack("autoattack", {"eps": 1.0})(Linear(), x, y).adversarial
-    assert calls == [[0, 1, 2, 3, 4], [1, 3, 4], [4]]  # later attacks see only the still-robust images
-    assert adv.flatten(1)[:, 0].tolist() == pytest.approx([0.1, 0.2, 0.1, 0.2, 0.3])
+    out = make_attack("autoattack", {"eps": 1.0})(Linear(), x, y)
+    # later attacks see only the still-robust images, each with its position in the batch (frozen draws)
+    assert calls == [([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]), ([1, 3, 4], [1, 3, 4]), ([4], [4])]
+    assert out.adversarial.flatten(1)[:, 0].tolist() == pytest.approx([0.1, 0.2, 0.1, 0.2, 0.3])
+    assert out.member.dtype == torch.int64 and out.member.tolist() == [0, 1, 0, 1, -1]
 
 
 def test_autoattack_versions_and_real_run():
     rand = make_attack("autoattack", {"version": "rand"})
     assert rand.params.eot == 20 and rand.params.restarts == 1
-    assert [a.params.loss for a in rand.sequence()] == ["ce", "dlr"]
+    assert [a.params.loss for a in rand.sequence()] == ["ce", "dlr"] and rand.members() == ["apgd-ce", "apgd-dlr"]
     assert all(a.params.eot == 20 for a in rand.sequence())
+    assert all(a.params.restarts == 3 for a in make_attack("autoattack", {"version": "rand", "restarts": 3}).sequence())
     assert make_attack("autoattack", {"version": "rand", "eot": 3}).params.eot == 3
-    assert make_attack("autoattack").params.eot == 1
-    assert rand.cost(1) > make_attack("autoattack").cost(1)
+    standard = make_attack("autoattack", {"norm": "l2", "eps": 1.5, "restarts": 2})
+    assert standard.params.eot == 1 and standard.members() == ["apgd-ce", "apgd-t", "square"]
+    ce, targeted, square = standard.sequence()
+    assert isinstance(ce, APGD) and ce.params.loss == "ce" and isinstance(targeted, APGDTargeted)
+    assert isinstance(square, Square) and square.params.queries == 5000 and square.params.p_init == 0.8
+    assert not square.params.rescale_schedule and square.params.norm == "l2" and square.params.eps == 1.5
+    assert targeted.params.targets == 9 and all(a.params.restarts == 2 for a in standard.sequence())
+    assert standard.passes() == pytest.approx(sum(a.passes() for a in standard.sequence()))
+    assert rand.passes() == pytest.approx(sum(a.passes() for a in rand.sequence()))
+    assert rand.cost(1) > make_attack("autoattack", {"version": "rand", "eot": 1}).cost(1)
     model = tiny_model("GFZ")
     x = _points(4)
     out = make_attack("autoattack", {"version": "rand", "eot": 2, "steps": 3, "samples": 1})(model, x, torch.arange(4))
     assert (out.adversarial - x).abs().max() <= 0.1 + 1e-6
+    assert out.member is not None and ((out.member >= -1) & (out.member < 2)).all()
+
+
+class Masked(Linear):
+    """Gradient masking: a linear model of the image quantised to 1/8, whose gradient is 0 almost
+    everywhere. APGD only gets its random start; Square, which never uses gradients, still fools it."""
+
+    def forward(self, x):
+        return super().forward(torch.round(x * 8) / 8)
+
+
+@pytest.mark.parametrize("masked, eps, members", [(False, 0.014, {-1, 0, 1}), (True, 0.1, {-1, 2})])
+def test_autoattack_members_run_only_on_the_still_robust_images(monkeypatch, masked, eps, members):
+    """The real standard members, spied on: each sees exactly the images no earlier member fooled, and the
+    per-image attribution names the member that did, through run_attack and a merge of its chunks."""
+    seen = []
+    real_sequence = AutoAttack.sequence
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def attack(self, f, x, y, index=None):
+            adv, fooled = self.inner.attack(f, x, y, index=index)
+            seen.append((index.tolist(), index[fooled].tolist()))
+            return adv, fooled
+
+    monkeypatch.setattr(AutoAttack, "sequence", lambda self: [Spy(a) for a in real_sequence(self)])
+    model = (Masked if masked else Linear)(scale=0.01)
+    x = _points(12, seed=3)
+    y = _labels(model, x)
+    attack = make_attack("autoattack", {"eps": eps, "steps": 3, "targets": 2, "queries": 300})
+    out = attack(model, x, y, seed=seeding.derive(0, "attacker", 0))  # run_attack's seed for its first batch
+    assert len(seen) == 3 and seen[0][0] == list(range(12))
+    for (ran, fooled), (ran_next, _) in zip(seen, seen[1:]):
+        assert ran_next == [i for i in ran if i not in fooled]
+    member = [-1] * 12
+    for j, (_, fooled) in enumerate(seen):
+        for i in fooled:
+            member[i] = j
+    assert out.member.tolist() == member and members <= set(member)
+    fooled = (_labels(model, out.adversarial) != y).nonzero().squeeze(1).tolist()
+    assert [i for i, m in enumerate(member) if m >= 0] == fooled
+    seen.clear()
+    report, _ = run_attack(model, attack, x, y, batch_size=12)
+    assert report.members == ["apgd-ce", "apgd-t", "square"] and report.per_image["member"] == member
+    a, _ = run_attack(model, attack, x[:6], y[:6])
+    b, _ = run_attack(model, attack, x[6:], y[6:])
+    merged = merge_reports([a, b], seed=0)
+    assert merged.members == report.members
+    assert merged.per_image["member"] == a.per_image["member"] + b.per_image["member"]
+    plain, _ = run_attack(model, make_attack("fgsm"), x, y)
+    assert plain.members is None and plain.per_image["member"] is None
+
+
+def test_apgd_t_targets_the_top_classes_by_clean_logits(monkeypatch):
+    targets = []
+    real = APGD.attack
+
+    def spy(self, f, x, y, t=None, index=None):
+        targets.append(t.tolist())
+        return real(self, f, x, y, t, index)
+
+    monkeypatch.setattr(APGD, "attack", spy)
+    model = Linear(scale=0.01)
+    x = _points(5, seed=1)
+    y = _labels(model, x)
+    with torch.no_grad():
+        clean = model(x).scatter(1, y[:, None], float("-inf"))
+    order = clean.argsort(1, descending=True)
+    f = LogitsFn(model, 1, torch.Generator().manual_seed(0))
+    adv, fooled = APGDTargeted(eps=0.0, steps=2, targets=4).attack(f, x, y)  # eps 0: nobody is fooled
+    assert not fooled.any() and targets == [order[:, k].tolist() for k in range(4)]
+    assert APGDTargeted(targets=4).passes() == pytest.approx(4 * APGD(loss="dlr").passes() + FORWARD)
+
+
+def test_targeted_dlr_by_hand():
+    z = torch.tensor([[4.0, 3.0, 1.0, 0.0, -2.0]])
+    y, t = torch.tensor([0]), torch.tensor([3])
+    # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) = -(4 - 0) / (4 - (1 + 0) / 2)
+    assert dlr_targeted_loss(z, y, t).item() == pytest.approx(-4 / 3.5)
+    assert dlr_targeted_loss(z - 100, y, t).item() == pytest.approx(-4 / 3.5)  # shift invariant (negative logits)
 
 
 @pytest.mark.parametrize("name, params, message", [
