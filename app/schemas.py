@@ -78,11 +78,14 @@ def _attack_variants(base: type[BaseModel], suffix: str) -> Any:
     for name, cls in ATTACKS.items():
         label = cls.Params.__name__.removesuffix("Params") or name
         doc = (cls.__doc__ or "").strip().split("\n")[0]
+        # an attack with a required parameter (transfer: its source) needs params; the others default them
+        required = any(f.is_required() for f in cls.Params.model_fields.values())
+        params = (Field(description=f"Parameters of {name} (required ones must be given).") if required else
+                  Field(default_factory=cls.Params, description=f"Parameters of {name} (defaults when omitted)."))
         variants.append(create_model(
             f"{label}{suffix}", __base__=base,
             attack=(Literal[name], Field(description=f"{name}: {doc}")),
-            params=(cls.Params, Field(default_factory=cls.Params, description=f"Parameters of {name} "
-                                                                                "(defaults when omitted)."))))
+            params=(cls.Params, params)))
     return Annotated[Union[tuple(variants)], Discriminator("attack")]
 
 

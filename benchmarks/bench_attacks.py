@@ -114,6 +114,42 @@ def torchattacks_autoattack_rand(m, eps: float, steps: int, eot: int):
     return aa
 
 
+def torchattacks_autoattack(m, eps: float, version: str, steps: int | None = None, eot: int | None = None,
+                            queries: int | None = None):
+    """torchattacks' AutoAttack; its APGD members get our steps (and eot), its Square our query budget."""
+    import torchattacks
+    aa = torchattacks.AutoAttack(m, norm="Linf", eps=eps, version=version, n_classes=10, seed=SEED)
+    for member in aa._autoattack.attacks:
+        if steps is not None and hasattr(member, "steps"):
+            member.steps = steps
+        if eot is not None and hasattr(member, "eot_iter"):
+            member.eot_iter = eot
+        if queries is not None and hasattr(member, "n_queries"):
+            member.n_queries = queries
+    return aa
+
+
+def aa_cases(args):
+    """Square alone and the full AutoAttack (standard and rand) at each eps of --aa-eps (issue 21)."""
+    import torchattacks
+    q = args.square_queries
+    out = [(f"Square Linf eps={args.square_eps}, {q} queries", args.n_square,
+            [("genrobust square", ours("square", {"eps": args.square_eps, "queries": q})),
+             ("torchattacks Square", torchattacks_attack(lambda m: torchattacks.Square(
+                 m, norm="Linf", eps=args.square_eps, n_queries=q, n_restarts=1, seed=SEED)))])]
+    for e in (float(v) for v in args.aa_eps.split(",")):
+        out.append((f"AutoAttack standard Linf eps={e}", args.n_aa,
+                    [("genrobust autoattack standard", ours("autoattack", {"eps": e, "steps": args.aa_steps})),
+                     ("torchattacks AutoAttack standard", torchattacks_attack(
+                         lambda m, e=e: torchattacks_autoattack(m, e, "standard", steps=args.aa_steps, queries=q)))]))
+        out.append((f"AutoAttack rand Linf eps={e}, eot={args.eot}", args.n_aa,
+                    [("genrobust autoattack rand", ours("autoattack", {"version": "rand", "eps": e,
+                                                                       "steps": args.aa_steps, "eot": args.eot})),
+                     ("torchattacks AutoAttack rand", torchattacks_attack(
+                         lambda m, e=e: torchattacks_autoattack(m, e, "rand", steps=args.aa_steps, eot=args.eot)))]))
+    return out
+
+
 def cases(args):
     import torchattacks
     from art.attacks.evasion import CarliniL2Method, ZooAttack
@@ -145,21 +181,19 @@ def cases(args):
                                                             "eot": eot})),
           ("torchattacks AutoAttack rand", torchattacks_attack(
               lambda m: torchattacks_autoattack_rand(m, eps, steps, eot)))]),
-        ("DeepFool L2, overshoot 0.02, 50 iter", small,
-         [("genrobust", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50} | plain)),
-          ("genrobust, robust acceptance (default)", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50})),
-          ("genrobust, acceptance R=10 fraction 0.9", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50,
-                                                                        "accept_fraction": 0.9})),
-          ("genrobust, acceptance R=20", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50,
-                                                           "accept_draws": 20})),
-          ("genrobust, acceptance, 200 iter", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 200})),
-          ("torchattacks", torchattacks_attack(lambda m: torchattacks.DeepFool(m, steps=50, overshoot=0.02)))]),
+        ("DeepFool L2, overshoot 0.02", small,
+         [("genrobust, defaults (200 iter, R=10)", ours("deepfool", {"p": 2, "overshoot": 0.02})),
+          ("genrobust, 50 iter (the earlier default)", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50})),
+          ("genrobust, acceptance R=20", ours("deepfool", {"p": 2, "overshoot": 0.02, "accept_draws": 20})),
+          ("genrobust, plain (R=1), 50 iter", ours("deepfool", {"p": 2, "overshoot": 0.02, "max_iter": 50} | plain)),
+          ("torchattacks, 50 steps", torchattacks_attack(lambda m: torchattacks.DeepFool(m, steps=50, overshoot=0.02)))]),
         ("Truncated-DeepFool L2", small,
          [("genrobust", ours("truncated-deepfool", plain)),
           ("genrobust, robust acceptance (default)", ours("truncated-deepfool", {}))]),
         (f"CW L2, c=1, {cw['binary_steps']}x{cw['steps']} steps", args.n_cw or small,
-         [("genrobust", ours("cw", cw | plain)),
-          ("genrobust, robust acceptance (default)", ours("cw", cw)),
+         [("genrobust, robust acceptance (default)", ours("cw", cw)),
+          ("genrobust, + abort_early", ours("cw", cw | {"abort_early": True})),
+          ("genrobust, plain (R=1)", ours("cw", cw | plain)),
           ("ART CarliniL2Method", art_attack(lambda clf: CarliniL2Method(
               clf, confidence=0.0, learning_rate=art_lr, binary_search_steps=cw["binary_steps"],
               max_iter=cw["steps"], initial_const=cw["c"], batch_size=small, verbose=False)))]),
@@ -170,7 +204,7 @@ def cases(args):
               clf, confidence=0.0, learning_rate=zoo["lr"], max_iter=zoo["steps"], binary_search_steps=1,
               initial_const=zoo["c"], abort_early=False, use_resize=False, use_importance=False,
               nb_parallel=zoo["coords"], batch_size=1, variable_h=zoo["h"], verbose=False)))]),
-    ]
+    ] + aa_cases(args)
 
 
 def sync(device: torch.device) -> None:
@@ -190,6 +224,13 @@ def main() -> None:
     ap.add_argument("--eot-steps", type=int, default=10, help="APGD iterations in the EOT cases (torchattacks' default)")
     ap.add_argument("--eot-eps", type=float, default=0.03, help="L-infinity eps of the EOT cases (at 0.1 DFZ keeps "
                                                                 "no robust image, so every tool ties at 0)")
+    ap.add_argument("--n-square", type=int, default=200, help="images for the Square case")
+    ap.add_argument("--square-eps", type=float, default=0.1, help="L-infinity eps of the Square case")
+    ap.add_argument("--square-queries", type=int, default=5000, help="query budget of Square (both tools; also "
+                                                                      "the Square member of AutoAttack standard)")
+    ap.add_argument("--n-aa", type=int, default=100, help="images for the full AutoAttack cases")
+    ap.add_argument("--aa-eps", default="0.03,0.05,0.1", help="comma-separated eps of the AutoAttack cases")
+    ap.add_argument("--aa-steps", type=int, default=100, help="APGD iterations of the AutoAttack members (both tools)")
     ap.add_argument("--only", help="comma-separated case prefixes, e.g. FGSM,ZOO")
     ap.add_argument("--skip", default="", help="semicolon-separated CASE:TOOL prefixes not to run (tool names "
                                                "contain commas), e.g. 'DeepFool:torchattacks;CW:ART'")
@@ -201,7 +242,8 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     start = time.perf_counter()
-    test = data.load("fashion-mnist", "test", max(args.n, args.n_slow, args.n_zoo, args.n_eot))
+    test = data.load("fashion-mnist", "test", max(args.n, args.n_slow, args.n_zoo, args.n_eot, args.n_square,
+                                                   args.n_aa))
     images, labels = test.images.to(device), test.labels.to(device)
     skip = [tuple(pair.strip().split(":", 1)) for pair in args.skip.split(";") if ":" in pair]
     rows = []

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from genrobust import data
 from genrobust.device import DEVICE_HELP, check_device_spec, resolve_device
 from genrobust.attacks import ATTACKS, make_attack
+from genrobust.attacks.transfer import check_inner
 from genrobust.detection import DEFAULT_FPR, DETECTORS, check_detector, fit_detectors, load_detector
 from genrobust.errors import GenrobustError, validation_message
 from genrobust.evaluation import accuracy
@@ -24,6 +25,7 @@ from genrobust.settings import get_settings
 from genrobust.store import ModelStore
 from genrobust.study import PRESETS, STUDY_ATTACKS, STUDY_MODELS, StudyConfig, reproduce
 from genrobust.training import TrainConfig, Trainer, check_structure, default_name
+from genrobust.transfer import transfer_matrix
 
 
 def _at_least(minimum: int):
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("name", help="stored model name")
     a.add_argument("--attack", required=True, help="one of: " + ", ".join(ATTACKS))
     a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="attack parameter, repeatable (e.g. --param eps=0.1 --param p=inf)")
+                   help="attack parameter, repeatable (e.g. --param eps=0.1 --param p=inf); a transfer's inner "
+                        "attack as --param attack=pgd --param params.eps=0.05 (or params='{\"eps\": 0.05}')")
     a.add_argument("--split", choices=["test", "validation"], default="test")
     a.add_argument("--limit", type=_positive, default=100, help="number of images (default 100)")
     a.add_argument("--seed", type=_nonneg_int, default=0)
@@ -133,6 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(a)
 
     sub.add_parser("attacks", help="list the attacks and their parameters")
+
+    tr = sub.add_parser("transfer", help="transfer matrix: an attack crafted on each model, judged on every model",
+                        description="Craft a white-box attack on each of the models (the diagonal: the white-box "
+                                    "run) and judge those same adversarials on every other model with its own fresh "
+                                    "evaluations; prints robust accuracy per (source, target) cell.")
+    tr.add_argument("--models", required=True,
+                    help="comma-separated stored names or short structure names (dfz = fmnist-dfz), or 'all'")
+    tr.add_argument("--attack", default="pgd", help="the white-box attack crafted on each source (default pgd)")
+    tr.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="parameter of the attack, repeatable (e.g. --param eps=0.1)")
+    tr.add_argument("--split", choices=["test", "validation"], default="test")
+    tr.add_argument("--limit", type=_positive, default=100, help="number of images (default 100)")
+    tr.add_argument("--seed", type=_nonneg_int, default=0)
+    tr.add_argument("--eval-samples", type=_positive, default=10, help="K of the fresh evaluation (default 10)")
+    tr.add_argument("--eval-draws", type=_positive, default=10,
+                    help="R fresh evaluations behind robust accuracy (default 10)")
+    tr.add_argument("--batch-size", type=_positive, default=100)
+    tr.add_argument("--json", action="store_true", help="print the matrix (every cell's report summary) as JSON")
+    tr.add_argument("--no-progress", action="store_true")
+    _add_device(tr)
 
     f = sub.add_parser("fit-detectors", help="fit the logit, marginal and KL detectors of a model",
                        description="Fit every detector on the training split (correctly classified images, true "
@@ -189,7 +212,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--chunk-size", type=_positive, default=100, help="images per cached chunk (default 100)")
     r.add_argument("--no-adaptive", action="store_true", help="skip the detector-aware PGD table")
     r.add_argument("--no-curves", action="store_true", help="skip the robustness curves and the FGS reconstruction")
+    r.add_argument("--masking", action="store_true", help="also run the gradient-masking checks on every model (a "
+                   "report section; sizes from --preset, capped by --limit; see `genrobust check`)")
     _add_device(r)
+
+    ck = sub.add_parser("check", help="gradient-masking checks of a stored model: each a pass or a flag, explained",
+                        description="Six checks that robust accuracy comes from the model, not from attacks that "
+                                    "fail: (a) unbounded budgets fool every image, (b) more steps, EOT draws and "
+                                    "restarts never help the model, (c) PGD <= FGSM, (d) white-box <= Square and "
+                                    "transfer, (e) robust accuracy falls with eps, (f) minimal attacks fool every "
+                                    "image. Each comes with robust accuracies (Wilson 95% intervals, n) and exact "
+                                    "one-sided McNemar tests on the same images.")
+    ck.add_argument("name", help="stored model name")
+    ck.add_argument("--preset", choices=["default", "quick", "gpu"], default=None,
+                    help="sizes: default (about 17 min per model on a 2-core CPU), quick (a look), gpu (full size; "
+                         "the default with a CUDA --device)")
+    ck.add_argument("--limit", type=_positive, default=None, help="cap every check's image count at N")
+    ck.add_argument("--checks", default="a,b,c,d,e,f", help="comma-separated letters of the checks to run (default all)")
+    ck.add_argument("--transfer-source", default=None,
+                    help="stored model the transfer attack of (d) crafts on (default: the other of fmnist-dfz and "
+                         "fmnist-gfz; 'none' to skip)")
+    ck.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                    help="attack parameter override, repeatable (e.g. --param square.queries=1000); the checks' "
+                         "budgets win")
+    ck.add_argument("--seed", type=_nonneg_int, default=0)
+    ck.add_argument("--json", action="store_true", help="print the report as JSON")
+    ck.add_argument("--no-progress", action="store_true")
+    _add_device(ck)
 
     sv = sub.add_parser("serve", help="run the web service (jobs in-process by default; Redis if configured)",
                         description="Serve the HTTP API (docs at /docs). Without GENROBUST_REDIS_URL jobs run "
@@ -294,6 +343,9 @@ def cmd_attack(args) -> int:
           f"success rate {fmt(s['success_rate'])}  robustness rho {fmt(s['robustness'])}")
     print(f"  L2 mean/median {fmt(s['mean_l2'])}/{fmt(s['median_l2'])}  Linf {fmt(s['mean_linf'])}/"
           f"{fmt(s['median_linf'])}  L0 {fmt(s['mean_l0'])}/{fmt(s['median_l0'])}")
+    if s.get("robust_accuracy") is not None:
+        print(f"  robust accuracy {fmt(s['robust_accuracy'])}  unfooled residual {fmt(s['residual'])} "
+              f"(of the correctly classified, by R = {s['eval_draws']} fresh evaluations)")
     q = f"  queries {s['queries']}" if s["queries"] is not None else ""
     print(f"  {s['seconds']:.1f}s ({s['seconds_per_image']:.3f}s per image){q}")
     return 0
@@ -304,7 +356,8 @@ def cmd_attacks(args) -> int:
         kind = "black-box" if cls.black_box else "white-box"
         print(f"{name} ({kind}{', targeted' if cls.targeted_ok else ''}): {(cls.__doc__ or '').strip().split(chr(10))[0]}")
         for field, info in cls.Params.model_fields.items():
-            print(f"    {field} = {info.default!r}  {info.description or ''}")
+            default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
+            print(f"    {field} = {default}  {info.description or ''}")
     return 0
 
 
@@ -348,6 +401,37 @@ def cmd_detect(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    store = ModelStore()
+    names = _resolve_models(args.models, store)
+    params = _parse_params(args.param)
+    datasets = sorted({data.dataset_of(store.card(n)) for n in names})
+    if len(datasets) > 1:
+        raise GenrobustError(f"the models were trained on different datasets ({', '.join(datasets)}): a transfer "
+                             "matrix needs one")
+    make_attack(check_inner(args.attack), params)  # a white-box attack and its parameters, before any work
+    split = data.load(datasets[0], args.split, args.limit)
+    m = transfer_matrix(names, split.images, split.labels, args.attack, params, seed=args.seed,
+                        eval_samples=args.eval_samples, eval_draws=args.eval_draws, batch_size=args.batch_size,
+                        store=store, device=resolve_device(args.device), progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(m.model_dump(mode="json")))
+        return 0
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    width = max(16, *(len(n) + 2 for n in names))
+    print(f"{m.attack} {m.params} crafted on each source (row), judged on each target (column): robust accuracy "
+          f"on {m.n} {args.split} images (n = {m.n} per cell, seed {args.seed}, R = {args.eval_draws})")
+    corner = "source \\ target"
+    print(f"{corner:<{width}}" + "".join(f"{t:>{width}}" for t in names))
+    table = m.table("robust_accuracy")
+    for s in names:
+        print(f"{s:<{width}}" + "".join(f"{fmt(table[s][t]) + ('*' if s == t else ' '):>{width}}" for t in names))
+    print(f"{'clean accuracy':<{width}}" + "".join(f"{fmt(m.cell(t, t)['clean_accuracy']) + ' ':>{width}}"
+                                                  for t in names))
+    print("* white-box (crafted on the target itself)")
+    return 0
+
+
 def _resolve_models(text: str, store: ModelStore) -> list[str]:
     stored = store.names()
     if text.strip() == "all":
@@ -369,7 +453,10 @@ def cmd_reproduce(args) -> int:
         if not dot or not field:
             raise GenrobustError(f"--param takes ATTACK.KEY=VALUE, got {key}={value}")
         params.setdefault(attack.replace("_", "-"), {})[field] = value
-    attacks = list(ATTACKS) if args.attacks.strip() == "all" else [a.strip() for a in args.attacks.split(",") if a.strip()]
+    # 'all': every attack that runs with its defaults, and those (transfer: a source) whose --param were given
+    attacks = ([a for a, cls in ATTACKS.items() if a in params or not any(
+                   f.is_required() for f in cls.Params.model_fields.values())]
+               if args.attacks.strip() == "all" else [a.strip() for a in args.attacks.split(",") if a.strip()])
     limits = {}
     for item in args.images:
         name, eq, n = item.partition("=")
@@ -383,7 +470,7 @@ def cmd_reproduce(args) -> int:
     config = StudyConfig(models=_resolve_models(args.models, store), attacks=attacks, params=params, limit=args.limit,
                          limits=limits, preset=preset, seed=args.seed, out=Path(args.out), clean_limit=args.clean_limit,
                          fit_limit=args.fit_limit, adaptive=not args.no_adaptive, curves=not args.no_curves,
-                         chunk_size=args.chunk_size)
+                         chunk_size=args.chunk_size, masking=args.masking)
     try:
         results = reproduce(config, store, device=device)
     except KeyboardInterrupt:
@@ -396,6 +483,59 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def _attack_params(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """--param ATTACK.KEY=VALUE pairs as {attack: {key: value}}."""
+    params: dict[str, dict[str, str]] = {}
+    for key, value in _parse_params(pairs).items():
+        attack, dot, field = key.partition(".")
+        if not dot or not field:
+            raise GenrobustError(f"--param takes ATTACK.KEY=VALUE, got {key}={value}")
+        params.setdefault(attack.replace("_", "-"), {})[field] = value
+    return params
+
+
+def cmd_check(args) -> int:
+    import textwrap
+
+    from genrobust.masking import MaskingConfig, check_masking, images_needed  # scipy, statsmodels: on use
+
+    store = ModelStore()
+    card = store.card(args.name)  # an unknown model fails before any work
+    device = resolve_device(args.device)
+    preset = args.preset or ("gpu" if device.type == "cuda" else "default")
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+    source = args.transfer_source
+    if source is None:
+        pair = [m for m in STUDY_MODELS if m != args.name and m in store.names()]
+        source = pair[0] if pair else None
+    elif source.lower() == "none":
+        source = None
+    overrides = _attack_params(args.param)
+    base = MaskingConfig.from_preset(preset, limit=args.limit)
+    config = MaskingConfig.from_preset(preset, limit=args.limit, seed=args.seed, transfer_source=source,
+                                       params={**base.params, **{a: {**base.params.get(a, {}), **kv}
+                                                                 for a, kv in overrides.items()}})
+    n = images_needed(config, checks)  # validates the letters too
+    model, _ = store.load(args.name, device)
+    test = data.load(data.dataset_of(card), "test", limit=n)
+    report = check_masking(model, test.images, test.labels, config, model_name=args.name, checks=checks,
+                           progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report.model_dump(mode="json")))
+        return 0
+    print(f"{args.name}: gradient-masking checks (preset {preset}, seed {args.seed}, {report.device}, "
+          f"{'stochastic' if report.stochastic else 'deterministic'} model; {len(report.runs)} attack runs in "
+          f"{report.seconds:.0f} s)")
+    width = max(len(r[0]) for r in report.rows()) + 2
+    print(f"{'check':<{width}}{'status':<9}key numbers")
+    for check, status, numbers, explanation in report.rows():
+        print(f"{check:<{width}}{status.upper() if status == 'flag' else status:<9}{numbers}")
+        print(textwrap.fill(explanation, 110, initial_indent="    ", subsequent_indent="    "))
+    flagged = report.flagged
+    print(f"{len(flagged)} of {len(report.checks)} checks flagged{': ' + ', '.join(flagged) if flagged else ''}.")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from app.main import serve  # the service's dependencies load only for this command
 
@@ -403,8 +543,8 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "models": cmd_models, "evaluate": cmd_evaluate, "attack": cmd_attack,
-            "attacks": cmd_attacks, "fit-detectors": cmd_fit_detectors, "detect": cmd_detect,
-            "reproduce": cmd_reproduce, "serve": cmd_serve}
+            "attacks": cmd_attacks, "transfer": cmd_transfer, "fit-detectors": cmd_fit_detectors, "detect": cmd_detect,
+            "reproduce": cmd_reproduce, "check": cmd_check, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

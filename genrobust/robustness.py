@@ -49,6 +49,8 @@ class AttackReport(BaseModel):
     seconds: float
     seconds_per_image: float
     queries: int | None = Field(description="Total model evaluations (black-box attacks).")
+    members: list[str] | None = Field(None, description="An ensemble's members, in order (autoattack): "
+                                                        "per_image member indexes it, -1 for none.")
     # R fresh evaluations of each adversarial image (evaluator's noise, drawn after the single one above)
     eval_draws: int | None = Field(None, description="R fresh evaluations behind the two metrics below.")
     misclassification_probability: float | None = Field(
@@ -57,9 +59,15 @@ class AttackReport(BaseModel):
     robust_accuracy: float | None = Field(
         None, description="Fraction of all images whose adversarial is classified correctly by a strict majority "
                           "of the R fresh evaluations.")
+    residual: float | None = Field(
+        None, description="The unfooled residual: fraction of the images classified correctly before the attack "
+                          "whose adversarial a strict majority of the R fresh evaluations still classify "
+                          "correctly. For a minimal attack (no budget) it should be about 0: what is left is "
+                          "robustness or an exhausted iteration budget.")
     per_image: dict[str, list | None] = Field(description="labels, pred_before, pred_after, correct, success, l2, linf, "
-                                                   "l0, rel_l2, queries and p_misclassified (of the R fresh "
-                                                   "evaluations), one entry per image.")
+                                                   "l0, rel_l2, queries, p_misclassified (of the R fresh "
+                                                   "evaluations) and member (ensembles: which member fooled "
+                                                   "the image), one entry per image.")
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(exclude={"per_image"})
@@ -116,7 +124,7 @@ def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 
         targets = check_labels(targets, len(x)).to(x.device)
     # the evaluator's noise is a stream the attacker never sees (genrobust.seeding)
     eval_gen = seeding.generator(seed, "evaluator", device=x.device)
-    adv_chunks, query_chunks, seconds = [], [], 0.0
+    adv_chunks, query_chunks, member_chunks, seconds = [], [], [], 0.0
     starts = range(0, len(x), batch_size)
     for i, s in enumerate(tqdm(starts, desc=attack.name, unit="batch", disable=not progress, leave=False)):
         t0 = time.perf_counter()
@@ -125,6 +133,7 @@ def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 
         seconds += time.perf_counter() - t0
         adv_chunks.append(out.adversarial)
         query_chunks.append(out.queries)
+        member_chunks.append(out.member)
     adv = torch.cat(adv_chunks)
     pred_before = torch.cat([predict(model, x[s:s + batch_size], eval_samples, eval_gen) for s in starts])
     pred_after = torch.cat([predict(model, adv[s:s + batch_size], eval_samples, eval_gen) for s in starts])
@@ -138,14 +147,17 @@ def run_attack(model: nn.Module, attack: Attack, images, labels, *, seed: int = 
     correct = pred_before == y
     success = correct & (pred_after != y)
     queries = torch.cat(query_chunks) if query_chunks[0] is not None else None
+    member = torch.cat(member_chunks) if member_chunks[0] is not None else None
     per_image = {
         "labels": y.tolist(), "pred_before": pred_before.tolist(), "pred_after": pred_after.tolist(),
         "correct": correct.tolist(), "success": success.tolist(),
         "l2": l2.tolist(), "linf": linf.tolist(), "l0": l0.tolist(), "rel_l2": rel_l2.tolist(),
         "queries": queries.tolist() if queries is not None else None, "p_misclassified": p_wrong.tolist(),
+        "member": member.tolist() if member is not None else None,
     }
     report = _report(dict(model=model_name, attack=attack.name, seed=seed, eval_samples=eval_samples,
                           eval_draws=eval_draws, device=str(x.device),
+                          members=attack.members() if hasattr(attack, "members") else None,
                           params=attack.params.model_dump(mode="json") | {"batch_size": batch_size}),
                      per_image, seconds)
     return report, adv
@@ -169,7 +181,8 @@ def _report(header: dict[str, Any], per_image: dict[str, list | None], seconds: 
     if per_image.get("p_misclassified") is not None:  # absent from reports cached before it existed
         p_wrong = _host(per_image["p_misclassified"], dtype=torch.float64)
         robust = dict(misclassification_probability=p_wrong[correct].mean().item() if correct.any() else None,
-                      robust_accuracy=(p_wrong < 0.5).double().mean().item())
+                      robust_accuracy=(p_wrong < 0.5).double().mean().item(),
+                      residual=(p_wrong[correct] < 0.5).double().mean().item() if correct.any() else None)
     return AttackReport(
         **robust,
         **header, n=n,
@@ -223,7 +236,8 @@ def merge_reports(reports: list[AttackReport], seed: int) -> AttackReport:
     keys = [k for k in first.per_image if all(r.per_image.get(k) is not None for r in reports)]
     per_image = {k: [v for r in reports for v in r.per_image[k]] if k in keys else None for k in first.per_image}
     header = dict(model=first.model, attack=first.attack, params=first.params, seed=seed,
-                  eval_samples=first.eval_samples, device=first.device, eval_draws=first.eval_draws if "p_misclassified" in keys else None)
+                  eval_samples=first.eval_samples, device=first.device, eval_draws=first.eval_draws if "p_misclassified" in keys else None,
+                  members=first.members)
     return _report(header, per_image, sum(r.seconds for r in reports))
 
 

@@ -5,7 +5,10 @@ runs each case of tests/attack_cases.py and saves the adversarials (and queries)
 tests/data/attack_golden.safetensors. Regenerate it only when an algorithm changes on purpose, and say
 which in the commit.
 
-    .venv/bin/python scripts/attack_golden.py [--check]
+    .venv/bin/python scripts/attack_golden.py [--check] [--update CASE ...]
+
+Regenerated cases so far: deepfool and truncated-deepfool (DeepFool aims at the first frozen draw that
+rejects an iterate instead of the farthest one, since acceptance tests draw by draw).
 """
 
 import argparse
@@ -24,11 +27,14 @@ GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "attack_golden
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the saved file instead of writing it")
+    ap.add_argument("--update", nargs="+", metavar="CASE", help="rewrite only these cases (an algorithm changed)")
     args = ap.parse_args()
     out = {}
-    for key in CASES:
+    for key in args.update or CASES:
         for name, t in run_case(key).items():
             out[f"{key}/{name}"] = t.contiguous()
+    if args.update:
+        out = load_file(GOLDEN) | out
     if not args.check:
         save_file(out, GOLDEN)
         print(f"wrote {len(out)} tensors to {GOLDEN}")

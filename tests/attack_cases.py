@@ -32,8 +32,9 @@ LATENT = {
     "deepfool": ("deepfool", {"max_iter": 8}),
     "deepfool-inf-eot": ("deepfool", {"max_iter": 6, "p": "inf", "eot": 2, "accept_draws": 3}),
     "truncated-deepfool": ("truncated-deepfool", {"max_iter": 8, "bisection_steps": 4}),
-    "cw": ("cw", {"steps": 8, "binary_steps": 2}),
-    "cw-targeted": ("cw", {"steps": 8, "binary_steps": 2, "kappa": 0.5}),
+    # early abort and the improvement threshold came later: off, CW is the algorithm the golden file holds
+    "cw": ("cw", {"steps": 8, "binary_steps": 2, "abort_early": False, "improve": 0.0}),
+    "cw-targeted": ("cw", {"steps": 8, "binary_steps": 2, "kappa": 0.5, "abort_early": False, "improve": 0.0}),
     "zoo": ("zoo", {"steps": 4, "coords": 16}),
     "zoo-eot": ("zoo", {"steps": 3, "coords": 8, "eot": 2, "kappa": 0.1}),
     "apgd-ce": ("apgd", {"steps": 6}),
@@ -43,7 +44,7 @@ LATENT = {
 PLAIN = {
     "plain-pgd-linf": ("pgd", {"eps": 0.05, "alpha": 0.01, "steps": 5}),
     "plain-deepfool": ("deepfool", {"max_iter": 10}),
-    "plain-cw": ("cw", {"steps": 10, "binary_steps": 2}),
+    "plain-cw": ("cw", {"steps": 10, "binary_steps": 2, "abort_early": False, "improve": 0.0}),
     "plain-apgd-l2": ("apgd", {"steps": 5, "norm": "l2", "eps": 0.5}),
 }
 CASES = {**LATENT, **PLAIN}

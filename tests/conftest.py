@@ -70,3 +70,25 @@ def interrupt_in_epoch(monkeypatch, trainer, epoch: int, check=None) -> None:
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     monkeypatch.setattr(Trainer, "_epoch", real_epoch)
+
+
+TRANSFER_SOURCE = "tiny-source"  # the stored source of the transfer attacks in the parametrised attack tests
+
+
+def save_tiny(store, name: str, structure: str, seed: int = 0) -> None:
+    m = tiny_model(structure, seed)
+    s = m.structure
+    store.save(name, m, {"structure": s.name, "kind": s.kind, "logits_have_density": s.logits_have_density,
+                         "config": m.config.model_dump(mode="json")})
+
+
+@pytest.fixture
+def transfer_source(tmp_path, monkeypatch) -> str:
+    """A fresh store (no data root needed) holding a tiny GFZ as TRANSFER_SOURCE; returns its name."""
+    from genrobust.store import ModelStore
+
+    monkeypatch.setenv("GENROBUST_MODEL_DIR", str(tmp_path / "source-store"))
+    get_settings.cache_clear()
+    save_tiny(ModelStore(), TRANSFER_SOURCE, "GFZ", seed=1)
+    yield TRANSFER_SOURCE
+    get_settings.cache_clear()

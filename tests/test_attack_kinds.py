@@ -11,8 +11,17 @@ from genrobust.attacks import ATTACKS, L2NORM, LINF, BudgetedAttack, MinimalAtta
 from genrobust.attacks.norms import Lp, norm
 
 
-def test_every_registered_attack_is_one_of_the_two_kinds():
+def test_every_registered_attack_is_one_of_the_two_kinds(transfer_source):
+    """By class, strictly; a transfer (which wraps another attack) is the kind of its inner attack."""
     for name, cls in ATTACKS.items():
+        if name == "transfer":
+            for inner in ("pgd", "deepfool"):
+                attack = cls(source=transfer_source, attack=inner)
+                own = type(attack.inner)
+                assert attack.kind == own.kind and attack.norm is attack.inner.norm, inner
+                assert issubclass(own, BudgetedAttack) != issubclass(own, MinimalAttack), inner
+                assert attack.passes() == attack.inner.passes() and attack.cost(3) == attack.inner.cost(3)
+            continue
         assert issubclass(cls, BudgetedAttack) != issubclass(cls, MinimalAttack), name
         attack = cls()
         assert attack.kind in ("budgeted", "minimal")

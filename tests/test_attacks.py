@@ -12,13 +12,21 @@ from genrobust.attacks.deepfool import class_jacobian
 from genrobust.attacks.base import LogitsFn
 from genrobust.errors import GenrobustError
 from genrobust.robustness import run_attack
-from tests.conftest import tiny_model
+from tests.conftest import TRANSFER_SOURCE, tiny_model
 
 FAST = {  # small budgets so every attack runs in a second on tiny models
     "fgsm": {"eps": 0.1}, "pgd": {"eps": 0.1, "alpha": 0.02, "steps": 5}, "deepfool": {"max_iter": 10},
     "truncated-deepfool": {"max_iter": 10, "bisection_steps": 4}, "cw": {"steps": 10, "binary_steps": 2},
-    "zoo": {"steps": 5, "coords": 16}, "apgd": {"steps": 5}, "autoattack": {"steps": 4, "eot": 2},
+    "zoo": {"steps": 5, "coords": 16}, "apgd": {"steps": 5}, "autoattack": {"steps": 4, "eot": 2, "queries": 40},
+    "square": {"queries": 30},
+    "transfer": {"source": TRANSFER_SOURCE, "params": {"eps": 0.1, "alpha": 0.02, "steps": 3}},
 }
+
+
+def _needs_store(name, request):
+    """A transfer's source must be stored: the fixture puts one in a fresh store."""
+    if name == "transfer":
+        request.getfixturevalue("transfer_source")
 
 
 class Linear(nn.Module):
@@ -50,8 +58,9 @@ def test_registry_has_the_study_attacks():
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_every_attack_on_a_latent_classifier(name, images):
+def test_every_attack_on_a_latent_classifier(name, images, request):
     """Shape, box, seeded reproducibility, and that it accepts a genrobust classifier directly."""
+    _needs_store(name, request)
     model = tiny_model("GFZ")
     y = torch.arange(len(images)) % 10
     attack = make_attack(name, FAST[name] | {"samples": 2})
@@ -64,7 +73,8 @@ def test_every_attack_on_a_latent_classifier(name, images):
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_every_attack_on_a_plain_module(name):
+def test_every_attack_on_a_plain_module(name, request):
+    _needs_store(name, request)
     model = Linear(shift=-500.0)
     x = _points()
     out = make_attack(name, FAST[name])(model, x, _labels(model, x))

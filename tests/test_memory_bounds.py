@@ -10,7 +10,7 @@ from genrobust.attacks import ATTACKS, make_attack
 from genrobust.attacks import base
 from genrobust.models import classifier
 from genrobust.robustness import run_attack
-from tests.conftest import tiny_model
+from tests.conftest import TRANSFER_SOURCE, tiny_model
 from tests.test_attacks import _points
 
 # small enough to bite on a tiny model at K = 60, so that every path must chunk
@@ -26,6 +26,8 @@ BRIEF = {
     "zoo": {"steps": 2, "coords": 4, "accept_draws": 3, "eot": 2},
     "apgd": {"steps": 3, "eot": 2, "accept_draws": 4},
     "autoattack": {"steps": 2, "version": "rand", "eot": 2},
+    "square": {"queries": 8, "eot": 2, "accept_draws": 3},
+    "transfer": {"source": TRANSFER_SOURCE, "attack": "fgsm"},  # the target is only evaluated
 }
 
 
@@ -34,7 +36,9 @@ def test_every_attack_is_covered():
 
 
 @pytest.mark.parametrize("name", list(BRIEF))
-def test_every_pass_of_an_attack_and_its_evaluation_is_bounded_in_rows_times_k(name, monkeypatch):
+def test_every_pass_of_an_attack_and_its_evaluation_is_bounded_in_rows_times_k(name, monkeypatch, request):
+    if name == "transfer":
+        request.getfixturevalue("transfer_source")
     monkeypatch.setitem(classifier.PASS_UNITS, "cpu", PASS_UNITS)
     monkeypatch.setitem(classifier.GRAD_PASS_UNITS, "cpu", GRAD_PASS_UNITS)
     model = tiny_model("GFZ").eval()

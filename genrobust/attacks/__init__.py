@@ -16,7 +16,7 @@ for _mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 # the study's order first, then anything added later
-_ORDER = ["fgsm", "pgd", "deepfool", "truncated-deepfool", "cw", "zoo", "apgd", "autoattack"]
+_ORDER = ["fgsm", "pgd", "deepfool", "truncated-deepfool", "cw", "zoo", "apgd", "autoattack", "square"]
 _sorted = sorted(ATTACKS.items(), key=lambda kv: (_ORDER.index(kv[0]) if kv[0] in _ORDER else len(_ORDER), kv[0]))
 ATTACKS.clear()
 ATTACKS.update(_sorted)

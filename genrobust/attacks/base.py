@@ -96,6 +96,7 @@ class LogitsFn:
         # the frozen acceptance draws: seeded by accept_seed, one set per image of the n_images attacked
         self.accept_seed, self.n_images = accept_seed, n_images
         self._frozen: dict[int, torch.Tensor] = {}
+        self._hard: torch.Tensor | None = None  # per image: the frozen draw that rejected it last
         model.eval()
 
     def __call__(self, x: torch.Tensor, seed: int | None = None, noise: torch.Tensor | None = None,
@@ -159,6 +160,41 @@ class LogitsFn:
         with torch.no_grad():
             return self._tiled(x, draws, lambda rows, j: self(x[j], noise=frozen[rows // n, index[j]]))
 
+    def accept_frozen(self, x: torch.Tensor, ref: torch.Tensor, index: torch.Tensor, draws: int, need: int,
+                      targeted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Robust acceptance under the frozen draws of x's images (``index``), draw by draw: (accepted (N,)
+        bool, the first draw that failed to be fooled per image (N,), -1 where none did).
+
+        The verdict equals testing all ``draws`` at once (at least ``need`` of them misclassify), but an image
+        leaves as soon as it is decided, and each image starts at the draw that rejected it last time (which
+        rejects it again most often): a rejection then costs about one forward pass instead of R. Accepted
+        images still pay all the draws they need."""
+        n = len(x)
+        frozen, index = self.frozen_noise(draws, x.device), index.to(x.device)
+        if self._hard is None:
+            self._hard = torch.zeros(self.n_images, dtype=torch.long, device=x.device)
+        start = self._hard[index]
+        fooled = torch.zeros(n, dtype=torch.long, device=x.device)
+        failed = torch.zeros_like(fooled)
+        first_fail = torch.full_like(fooled, -1)
+        live = torch.arange(n, device=x.device)
+        with torch.no_grad():
+            for j in range(draws):
+                if len(live) == 0:
+                    break
+                d = (start[live] + j) % draws
+                pred = self(x[live], noise=frozen[d, index[live]]).argmax(-1)
+                hit = pred == ref[live] if targeted else pred != ref[live]
+                fooled[live] += hit.long()
+                failed[live] += (~hit).long()
+                miss = live[~hit]
+                first_fail[miss] = torch.where(first_fail[miss] < 0, d[~hit], first_fail[miss])
+                decided = (fooled[live] >= need) | (failed[live] > draws - need)
+                live = live[~decided]
+        accepted = fooled >= need
+        self._hard[index[~accepted]] = first_fail[~accepted]
+        return accepted, first_fail
+
     def frozen_noise(self, draws: int, device: torch.device) -> torch.Tensor:
         """The attack's acceptance draws, (draws, n_images, 1, K, D), drawn once from accept_seed."""
         if draws not in self._frozen:
@@ -179,6 +215,7 @@ class LogitsFn:
 class AttackOutput:
     adversarial: torch.Tensor  # (N, 1, 28, 28) in [0, 1]
     queries: torch.Tensor | None = None  # (N,) model evaluations per image (black-box attacks)
+    member: torch.Tensor | None = None  # (N,) int64: the ensemble member that fooled each image, -1 none (AutoAttack)
 
 
 # Units of an attack's cost: one K = 10 gradient pass of one image; a forward pass is half of one.
@@ -244,7 +281,8 @@ class Attack(ABC):
                              None if targets is None else targets[s:s + per])
                 for i, s in enumerate(range(0, len(x), per))]
         queries = None if outs[0].queries is None else torch.cat([o.queries for o in outs])
-        return AttackOutput(torch.cat([o.adversarial for o in outs]), queries)
+        member = None if outs[0].member is None else torch.cat([o.member for o in outs])
+        return AttackOutput(torch.cat([o.adversarial for o in outs]), queries, member)
 
     def images_per_part(self, model: nn.Module) -> float:
         """Images attacked together. An attack holds its frozen acceptance draws for the whole batch (R x
@@ -280,7 +318,14 @@ class Attack(ABC):
         p = self.params
         if known is not None and (not f.stochastic or p.accept_draws == 1):
             return known
+        if f.frozen and len(x):
+            return f.accept_frozen(x, ref, index, p.accept_draws, self.draws_needed(), targeted)[0]
         return self.enough(f.fooled_fraction(x, ref, p.accept_draws, targeted, index=index))
+
+    def draws_needed(self) -> int:
+        """The fewest of the R draws that must misclassify (the count ``enough`` accepts)."""
+        r = self.params.accept_draws
+        return next(c for c in range(r + 1) if self.enough(torch.tensor(c / r)))
 
     def enough(self, fooled_fraction: torch.Tensor) -> torch.Tensor:
         """Robust acceptance's verdict on a fraction of draws that misclassify (float tolerance: 9/10 of
@@ -334,10 +379,15 @@ class MinimalAttack(Attack, register=False):
 
     @staticmethod
     def keep_smallest(best: torch.Tensor, best_size: torch.Tensor, candidate: torch.Tensor,
-                      size: torch.Tensor, ok: torch.Tensor) -> None:
-        """In place: where ``ok``, ``candidate`` (with its ``size``) replaces the best point so far."""
-        best_size.copy_(torch.where(ok, size, best_size))
-        best[ok] = candidate[ok]
+                      size: torch.Tensor, ok: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """In place: where ``ok``, ``candidate`` (with its ``size``) replaces the best point so far; ``index``:
+        the images the candidate rows belong to (default: every image, in order)."""
+        if index is None:
+            best_size.copy_(torch.where(ok, size, best_size))
+            best[ok] = candidate[ok]
+            return
+        best_size[index[ok]] = size[ok]
+        best[index[ok]] = candidate[ok]
 
 
 def hinge(logits: torch.Tensor, ref: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:

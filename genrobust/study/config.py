@@ -31,7 +31,7 @@ Preset = Literal["default", "quick", "gpu"]
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "limits": {"fgsm": 2000, "pgd": 300, "apgd": 200, "deepfool": 600, "truncated-deepfool": 100,
-                   "cw": 10, "zoo": 10, "autoattack": 100, "adaptive": 100},
+                   "cw": 10, "zoo": 10, "autoattack": 100, "transfer": 300, "adaptive": 100},
         "curve_limits": {"fgsm": 500, "pgd": 50, "apgd": 30},
         "curve_eps": {"linf": [0.0, 0.05, 0.1, 0.2, 0.3], "l2": [0.0, 1.0, 2.0, 3.0]},
         "fgs_limit": 500,
@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # DeepFool, CW and ZOO halved when robust acceptance moved to frozen draws (slower per image): the
         # quick look stays within its five minutes (BENCHMARKS.md, "The study's cost")
         "limits": {"fgsm": 200, "pgd": 20, "apgd": 10, "deepfool": 20, "truncated-deepfool": 10, "cw": 1,
-                   "zoo": 1, "autoattack": 10, "adaptive": 10},
+                   "zoo": 1, "autoattack": 10, "transfer": 20, "adaptive": 10},
         "curve_limits": {"fgsm": 100, "pgd": 10, "apgd": 10},
         "curve_eps": {"linf": [0.0, 0.1, 0.3], "l2": [0.0, 2.0]},
         "fgs_limit": 100,
@@ -89,6 +89,12 @@ class StudyConfig(BaseModel):
                                            "reconstruction of the study's FGS eps.")
     curve_eps: dict[Literal["linf", "l2"], list[float]] | None = Field(
         None, description="Budgets of the curves per norm (default: the preset's).")
+    masking: bool = Field(False, description="Also run the gradient-masking checks (genrobust.masking) on every "
+                                             "model: a section of the report (not cached: they rerun each time).")
+    masking_preset: Preset | None = Field(None, description="Sizes of the masking checks (default: the study's "
+                                                            "preset; --limit caps them too).")
+    masking_overrides: dict[str, Any] = Field(default_factory=dict, description="MaskingConfig fields overriding "
+                                                                                "the masking preset.")
     chunk_size: int = Field(100, ge=1, le=TEST_IMAGES, description="Images per cached chunk: an interrupted run "
                                                                    "resumes from its last finished chunk.")
     out: Path = Field(Path("report"), description="Output folder (report.md, report.html, results.json, figures/).")

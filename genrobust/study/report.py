@@ -425,6 +425,30 @@ def _answer_md(a: dict) -> list[str]:
             "", f"**Where this differs from the study.** {a['differences']}", "", f"**Limits.** {a['limits']}", ""]
 
 
+MASKING_COLUMNS = ["check", "status", "key numbers", "explanation"]
+
+
+def masking_section(results: dict) -> tuple[str, list[tuple[str, list[list[str]]]]] | None:
+    """The gradient-masking checks (genrobust.masking), when the run had them: an intro and one table per model
+    (check, status, key numbers, explanation: a flag is explained, never hidden)."""
+    reports = results.get("masking") or {}
+    if not reports:
+        return None
+    blocks = []
+    for m, r in reports.items():
+        rows = [[f"({c['letter']}) {c['name']}", c["status"], c["key_numbers"],
+                 " ".join([c["explanation"], *c["notes"]])] for c in r["checks"]]
+        flagged = [c["letter"] for c in r["checks"] if c["status"] == "flag"]
+        blocks.append((f"{m}: {len(flagged)} of {len(rows)} checks flagged{' (' + ', '.join(flagged) + ')' if flagged else ''}"
+                       f", preset {r['preset']}, {len(r['runs'])} attack runs in {r['seconds']:.0f} s", rows))
+    intro = ("Does robust accuracy come from the model, or from attacks that fail on it? Each check passes or flags "
+             "with its numbers: robust accuracies with Wilson 95% intervals and n, and for comparisons on the same "
+             "images the discordant counts b (robust under the stronger attack only) and c (the reverse) with the "
+             "exact one-sided McNemar p; p < 0.05 that the stronger attack left more images robust is \"beyond "
+             "noise\" and flags. Not cached: the checks rerun with the report. `genrobust check MODEL` runs them alone.")
+    return intro, blocks
+
+
 def write(results: dict, out: Path) -> None:
     tabs, a = results["tables"], results["answer"]
     md = ["# genrobust: generative vs discriminative classifiers under attack", "", *_answer_md(a), "## The run", "",
@@ -434,6 +458,11 @@ def write(results: dict, out: Path) -> None:
         if tab.get("comparisons"):
             md += [_md_table(tab["comparison_columns"], tab["comparisons"]), ""]
         md += [f"**Verdict.** {tab['verdict']}", ""]
+    masking = masking_section(results)
+    if masking:
+        md += ["## Gradient-masking checks", "", masking[0], ""]
+        for title, rows in masking[1]:
+            md += [f"**{title}**", "", _md_table(MASKING_COLUMNS, rows), ""]
     md += ["## Figures", ""]
     md += [f"**{cap}**\n\n![{cap}]({path})\n" for cap, path in _figures(results)]
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(md)))
@@ -461,6 +490,9 @@ def write(results: dict, out: Path) -> None:
         if tab.get("comparisons"):
             parts.append(table(tab["comparison_columns"], tab["comparisons"]))
         parts.append(f"<p class='verdict'><b>Verdict.</b> {esc(tab['verdict'])}</p>")
+    if masking:
+        parts.append(f"<h2>Gradient-masking checks</h2><p>{esc(masking[0])}</p>")
+        parts += [f"<p><b>{esc(title)}</b></p>" + table(MASKING_COLUMNS, rows) for title, rows in masking[1]]
     parts.append("<h2>Figures</h2>")
     for cap, path in _figures(results):
         data = base64.b64encode((out / path).read_bytes()).decode()  # embedded: the file stands alone

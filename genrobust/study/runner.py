@@ -30,6 +30,7 @@ from genrobust.detection import (DETECTORS, Detection, Detector, detectors_path,
 from genrobust.device import device_info, resolve_device
 from genrobust.errors import GenrobustError
 from genrobust.evaluation import batched_logits
+from genrobust.masking import MaskingConfig, check_masking, images_needed
 from genrobust.models import LatentClassifier
 from genrobust.robustness import AttackReport, chunk_bounds, chunk_seed, merge_reports, run_attack
 from genrobust.store import ModelStore, load_tensors, save_tensors, write_json
@@ -199,6 +200,7 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
     for (a, norm), budgets in curve_specs.items():  # and the curves' (their budgets replace eps)
         if budgets:
             curve_attack(a, norm, budgets[-1], config.params.get(a))
+    masking = {m: masking_config(config, m) for m in config.models} if config.masking else {}  # invalid: fail now
     out = Path(config.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
@@ -206,10 +208,11 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
     density = {m: cards[m].get("logits_have_density", True) for m in config.models}
     adaptive_models = [m for m in config.models if density[m]] if config.adaptive else []
     n_curve = (1 + sum(len(v) for v in curve_specs.values()) + 1) if config.curves else 0
-    steps = Steps(len(config.models) * (1 + len(attacks) + n_curve) + 2 * len(adaptive_models) + 1, progress)
+    steps = Steps(len(config.models) * (1 + len(attacks) + n_curve) + 2 * len(adaptive_models) + len(masking) + 1,
+                  progress)
 
     results: dict[str, Any] = {"config": config.model_dump(mode="json"), "models": {}, "attacks": {}, "adaptive": {},
-                               "curves": {}, "fgs": {}, "examples": {},
+                               "curves": {}, "fgs": {}, "examples": {}, "masking": {},
                                "images": {a: config.images(a) for a in [*attacks, "adaptive"]},
                                "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                                                "machine": platform.machine(), **device_info(device)}}
@@ -217,6 +220,8 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
         model, card = store.load(m, device)
         needed = max([config.images(a) for a in attacks] + [config.clean_images(), config.fgs_images(),
                       config.images("adaptive")] + [config.curve_images(a) for a, _ in curve_specs])
+        if m in masking:
+            needed = max(needed, images_needed(masking[m]))
         test = data.load(data.dataset_of(card), "test", limit=needed, root=data_root)
         dets = _detectors(store, m, model, config, data_root)
         n_clean = config.clean_images()
@@ -241,7 +246,10 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
         advs = {}
         for a, attack in attacks.items():
             n = config.images(a)
+            # a transfer's chunks also depend on its source model: its card is part of the cache key
+            source = getattr(attack.params, "source", None)
             c = chunked_attack(cache, model, m, card, attack, test.images[:n], test.labels[:n], config,
+                               extra_key={"source": _digest(ModelStore().card(source))} if source else None,
                                on_chunk=steps.partial)
             entry = _entry(c, config.seed)
             entry["detection"] = (_detection(dets, model, clean, c.adversarial, entry["success"],
@@ -265,6 +273,10 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
             results["fgs"][m] = _fgs(cache, model, m, card, test, dets, clean, config, results["curves"][m],
                                      results["models"][m]["structure"])
             steps.step(f"{m}: the study's FGS")
+        if m in masking:
+            results["masking"][m] = check_masking(model, test.images, test.labels, masking[m], model_name=m,
+                                                  progress=steps.partial).model_dump(mode="json")
+            steps.step(f"{m}: masking checks")
     results["analysis"] = analysis.analyse(results, config.seed)
     results["figures"] = figures.rocs(results, out / "figures") + figures.curves(results, out / "figures")
     results["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -275,6 +287,15 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
     steps.step("report")
     steps.bar.close()
     return results
+
+
+def masking_config(config: StudyConfig, model_name: str) -> MaskingConfig:
+    """The masking checks of one model: the preset (the study's unless masking_preset), capped by --limit, the
+    study's seed, K and R, the run's first other model as the transfer source, then masking_overrides."""
+    others = [o for o in config.models if o != model_name]
+    fields = {"seed": config.seed, "eval_samples": config.eval_samples, "eval_draws": config.eval_draws,
+              "transfer_source": others[0] if others else None, **config.masking_overrides}
+    return MaskingConfig.from_preset(config.masking_preset or config.preset, limit=config.limit, **fields)
 
 
 def _adaptive(cache, model, m, card, x, y, dets, clean, config: StudyConfig, steps: Steps) -> dict[str, Any]:
