@@ -123,13 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="attack parameter, repeatable (e.g. --param eps=0.1 --param p=inf); a transfer's inner "
                         "attack as --param attack=pgd --param params.eps=0.05 (or params='{\"eps\": 0.05}')")
-    a.add_argument("--split", choices=["test", "validation"], default="test")
-    a.add_argument("--limit", type=_positive, default=100, help="number of images (default 100)")
-    a.add_argument("--seed", type=_nonneg_int, default=0)
-    a.add_argument("--eval-samples", type=_positive, default=10, help="K of the fresh evaluation (default 10)")
-    a.add_argument("--eval-draws", type=_positive, default=10,
-                   help="R fresh evaluations behind misclassification probability and robust accuracy (default 10)")
-    a.add_argument("--batch-size", type=_positive, default=100)
+    _add_attack_run(a)
     a.add_argument("--json", action="store_true", help="print the report (without per-image arrays) as JSON")
     a.add_argument("--out", help="directory for report.json and the images as .npz")
     a.add_argument("--no-progress", action="store_true")
@@ -146,13 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--attack", default="pgd", help="the white-box attack crafted on each source (default pgd)")
     tr.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="parameter of the attack, repeatable (e.g. --param eps=0.1)")
-    tr.add_argument("--split", choices=["test", "validation"], default="test")
-    tr.add_argument("--limit", type=_positive, default=100, help="number of images (default 100)")
-    tr.add_argument("--seed", type=_nonneg_int, default=0)
-    tr.add_argument("--eval-samples", type=_positive, default=10, help="K of the fresh evaluation (default 10)")
-    tr.add_argument("--eval-draws", type=_positive, default=10,
-                    help="R fresh evaluations behind robust accuracy (default 10)")
-    tr.add_argument("--batch-size", type=_positive, default=100)
+    _add_attack_run(tr)
     tr.add_argument("--json", action="store_true", help="print the matrix (every cell's report summary) as JSON")
     tr.add_argument("--no-progress", action="store_true")
     _add_device(tr)
@@ -306,6 +294,17 @@ def cmd_evaluate(args) -> int:
         print(f"{args.name} on {args.split}: accuracy {r['accuracy']:.4f} (n={r['n']}, K={r['samples']}, "
               f"seed={args.seed}) in {r['seconds']:.1f}s ({r['n'] / r['seconds']:.0f} images/s, {r['device']})")
     return 0
+
+
+def _add_attack_run(p: argparse.ArgumentParser) -> None:
+    """The options of a measured attack run (attack, transfer): images, seed, fresh evaluations, batch."""
+    p.add_argument("--split", choices=["test", "validation"], default="test")
+    p.add_argument("--limit", type=_positive, default=100, help="number of images (default 100)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--eval-samples", type=_positive, default=10, help="K of the fresh evaluation (default 10)")
+    p.add_argument("--eval-draws", type=_positive, default=10,
+                   help="R fresh evaluations behind misclassification probability and robust accuracy (default 10)")
+    p.add_argument("--batch-size", type=_positive, default=100)
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str]:
