@@ -92,3 +92,14 @@ def transfer_source(tmp_path, monkeypatch) -> str:
     save_tiny(ModelStore(), TRANSFER_SOURCE, "GFZ", seed=1)
     yield TRANSFER_SOURCE
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def tiny_store(env):
+    """The isolated store of ``env`` holding a tiny DFZ and GFZ as tiny-dfz and tiny-gfz."""
+    from genrobust.store import ModelStore
+
+    store = ModelStore()
+    for s in ("DFZ", "GFZ"):
+        save_tiny(store, f"tiny-{s.lower()}", s)
+    return store

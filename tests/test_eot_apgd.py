@@ -396,3 +396,26 @@ def test_robust_metric_on_a_latent_model_is_a_probability():
     pm = torch.tensor(report.per_image["p_misclassified"])
     assert ((pm >= 0) & (pm <= 1)).all() and ((pm * 8).round() == pm * 8).all()
     assert report.robust_accuracy == pytest.approx((pm < 0.5).float().mean().item())
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.7, 0.3])
+def test_draw_by_draw_acceptance_equals_testing_all_draws_at_once(fraction):
+    """accept_frozen gives the verdict of all R frozen draws at once, for any accept_fraction, and a second
+    test starts at the draw that rejected each image, so a repeated rejection costs one pass per image."""
+    from genrobust.attacks.apgd import APGD
+
+    model = tiny_model("GFZ")
+    x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(12) % 10
+    attack = APGD(accept_draws=7, accept_fraction=fraction, samples=2)
+    f = LogitsFn(model, 2, torch.Generator().manual_seed(0), accept_seed=11, n_images=12)
+    every = torch.arange(12)
+    ok, fail = f.accept_frozen(x, y, every, 7, attack.draws_needed())
+    assert torch.equal(ok, attack.enough(f.fooled_fraction(x, y, 7, index=every)))
+    assert ((fail >= 0) | ok).all()  # every rejection names a draw that failed
+    rejected = (~ok).nonzero().squeeze(1)
+    if fraction == 1.0 and len(rejected):
+        assert (fail[ok] == -1).all()  # at fraction 1 an accepted image met no failing draw
+        before = f.queries
+        again, _ = f.accept_frozen(x[rejected], y[rejected], rejected, 7, attack.draws_needed())
+        assert not again.any() and f.queries - before == len(rejected)

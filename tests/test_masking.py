@@ -17,8 +17,6 @@ from genrobust.cli import main
 from genrobust.errors import GenrobustError
 from genrobust.masking import (LETTERS, MaskingConfig, _Ctx, check_b, check_masking, images_needed, mcnemar,
                                paired)
-from genrobust.store import ModelStore
-from tests.conftest import tiny_model
 
 SQUARE = "square" in ATTACKS
 
@@ -247,16 +245,6 @@ def test_config_presets_and_validation():
     with pytest.raises(GenrobustError):
         check_masking(nn.Identity(), torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), default,
                       checks=["z"])
-
-
-@pytest.fixture
-def tiny_store(env):
-    store = ModelStore()
-    for s in ("DFZ", "GFZ"):
-        m = tiny_model(s)
-        store.save(f"tiny-{s.lower()}", m, {"structure": s, "kind": m.structure.kind, "logits_have_density": True,
-                                            "config": m.config.model_dump(mode="json")})
-    return store
 
 
 def test_cli_check(tiny_store, capsys):

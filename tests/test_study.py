@@ -10,7 +10,6 @@ import pytest
 
 from genrobust import data, robustness
 from genrobust.cli import main
-from genrobust.store import ModelStore
 from genrobust.study import PRESETS, StudyConfig, reproduce
 from genrobust.study import runner
 from tests.conftest import tiny_model
@@ -24,16 +23,6 @@ class Images(HTMLParser):
     def handle_starttag(self, tag, attrs):
         if tag == "img":
             self.srcs.append(dict(attrs)["src"])
-
-
-@pytest.fixture
-def tiny_store(env):
-    store = ModelStore()
-    for s in ("DFZ", "GFZ"):
-        m = tiny_model(s)
-        store.save(f"tiny-{s.lower()}", m, {"structure": s, "kind": m.structure.kind, "logits_have_density": True,
-                                            "config": m.config.model_dump(mode="json")})
-    return store
 
 
 CURVE_PARAMS = {"pgd": {"steps": 2, "samples": 2}, "apgd": {"steps": 2, "samples": 2, "accept_draws": 2}}
