@@ -13,6 +13,7 @@ from genrobust.data import NUM_CLASSES
 from genrobust.detection import DETECTORS
 from genrobust.models import ModelConfig
 from genrobust.store import NAME_RE
+from genrobust.replicates import REPLICATES_MAX
 from genrobust.training import TrainConfig
 from worker.jobs import State
 
@@ -151,6 +152,10 @@ class TrainRequest(BaseModel):
     name: ModelName | None = Field(None, description="Store name (default fmnist-<structure>); an existing "
                                                      "model of that name is replaced when training ends.")
     restart: bool = Field(False, description="Discard an unfinished run of the same name instead of resuming it.")
+    replicates: int = Field(1, ge=1, le=REPLICATES_MAX, description=(
+        "Train a replicate set: seeds training.seed onwards of this recipe, named <name>, <name>-s1, ... (one job, "
+        "progress over the whole set). Trained members are kept and unfinished ones resume; a stored member "
+        "with another recipe is refused (409). 1: one model, replaced when training ends."))
 
 
 class AttackSpecBase(BaseModel):

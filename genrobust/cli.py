@@ -24,6 +24,7 @@ from genrobust.robustness import run_attack
 from genrobust.settings import get_settings
 from genrobust.store import ModelStore
 from genrobust.study import PRESETS, STUDY_ATTACKS, STUDY_MODELS, StudyConfig, reproduce
+from genrobust.replicates import format_sets, replicate_sets, train_replicates
 from genrobust.training import TrainConfig, Trainer, check_structure, default_name
 from genrobust.transfer import transfer_matrix
 
@@ -92,11 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--val-samples", "val_samples", tf, type=_positive)
     opt("--test-limit", "test_limit", tf, type=_positive)
     opt("--kl-warmup", "kl_warmup", tf, type=_nonneg_int)
+    opt("--keep-at", "keep_at", tf, type=float)
     opt("--hidden", "hidden", mf, type=_positive)
     opt("--latent-dim", "latent_dim", mf, type=_positive)
     opt("--enc-channels", "enc_channels", mf, type=_channels)
     opt("--dec-channels", "dec_channels", mf, type=_channels)
     opt("--dropout", "dropout", mf, type=float)
+    t.add_argument("--replicates", type=_positive, default=None,
+                   help="train a replicate set: seeds --seed .. --seed+N-1 of this recipe, named NAME, NAME-s1, "
+                        "...; trained members are kept, unfinished ones resume (default: one model)")
     t.add_argument("--restart", action="store_true", help="discard an unfinished run of the same name")
     _add_device(t)
     t.add_argument("--no-progress", action="store_true")
@@ -245,6 +250,8 @@ def cmd_train(args) -> int:
                                                         if k in given and k != "structure"})
     train_config = TrainConfig(**{k: given[k] for k in TrainConfig.model_fields if k in given})
     name = args.name or default_name(structure, train_config.dataset)
+    if args.replicates is not None:
+        return _train_replicates(model_config, train_config, name, args)
     trainer = Trainer(model_config, train_config, name, progress=not args.no_progress, restart=args.restart,
                       device=resolve_device(args.device))
     if trainer.resumed_from:
@@ -259,6 +266,22 @@ def cmd_train(args) -> int:
           f"validation accuracy {card['validation_accuracy']['accuracy']:.4f}, "
           f"test accuracy {card['test_accuracy']['accuracy']:.4f} (K={card['test_accuracy']['samples']}, "
           f"n={card['test_accuracy']['n']})")
+    return 0
+
+
+def _train_replicates(model_config, train_config, name, args) -> int:
+    try:
+        cards = train_replicates(model_config, train_config, args.replicates, name, progress=not args.no_progress,
+                                 restart=args.restart, device=resolve_device(args.device))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the set {name} keeps its trained seeds and the last epoch of the one in progress; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    for c in cards:
+        print(f"{c['name']}: seed {c['training']['seed']}, best epoch {c['best_epoch']}, validation accuracy "
+              f"{c['validation_accuracy']['accuracy']:.4f}, test accuracy {c['test_accuracy']['accuracy']:.4f}")
+    for line in format_sets([s for s in replicate_sets() if any(m["name"] == name for m in s.members)]):
+        print(line)
     return 0
 
 
@@ -277,6 +300,10 @@ def cmd_models(args) -> int:
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "-"  # noqa: E731
         print(f"{c['name']:<22}{c['structure']:<10}{c.get('kind', '-'):<16}{c.get('epochs', '-'):>7}{fmt(val):>9}"
               f"{fmt(test):>10}{c.get('wall_seconds', 0):>9.0f}")
+    sets = format_sets(replicate_sets())
+    if sets:
+        print("\nreplicate sets (one structure and recipe, training seeds differ):")
+        print("\n".join(sets))
     return 0
 
 

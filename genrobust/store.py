@@ -106,6 +106,14 @@ class ModelStore:
         known = ", ".join(self.names()) or "none"
         raise GenrobustError(f"unknown model {name!r} (stored models: {known}); train one with `genrobust train`")
 
+    def exists(self, name: str) -> bool:
+        check_name(name)
+        return any((d / f"{name}.json").is_file() for d in self.dirs)
+
+    def is_shipped(self, name: str) -> bool:
+        """Whether ``name`` is read from the package's pretrained models (not shadowed by a user model)."""
+        return self.exists(name) and self._find(name) == PRETRAINED_DIR
+
     def names(self) -> list[str]:
         found = {p.stem for d in self.dirs if d.is_dir() for p in d.glob("*.json") if NAME_RE.match(p.stem)}
         return sorted(found)

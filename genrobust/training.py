@@ -55,6 +55,15 @@ class TrainConfig(BaseModel):
     kl_warmup: int = Field(0, ge=0, le=10_000, description="Epochs over which the KL term's weight rises "
                                                           "linearly from 0 to 1 (against posterior collapse, "
                                                           "e.g. for DBX); 0: the plain ELBO throughout.")
+    keep_at: float | None = Field(
+        None, gt=0, le=1, description="Also keep the first epoch whose validation accuracy reaches this value, "
+                                      "as <name>-at<value> (an accuracy-matched checkpoint); it does not change "
+                                      "the training run.")
+
+
+def matched_name(name: str, keep_at: float) -> str:
+    """The store name of a run's accuracy-matched checkpoint (``fmnist-dfz-at0.865``)."""
+    return check_name(f"{name}-at{keep_at:g}")
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -94,7 +103,8 @@ class Trainer:
         torch.manual_seed(seeding.derive(train_config.seed, "weights"))  # initial weights, drawn on the CPU
         self.model = LatentClassifier(model_config).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=train_config.lr)
-        self.state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_val": -1.0, "seconds": 0.0, "history": []}
+        self.state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_val": -1.0, "seconds": 0.0, "history": [],
+                                      "matched_epoch": None}
         self.resumed_from = 0  # the epoch an unfinished run was resumed after (0: fresh run)
         self._maybe_resume()
 
@@ -172,6 +182,9 @@ class Trainer:
             if best:
                 self.state["best_val"], self.state["best_epoch"] = val_acc, epoch
                 self.store.save(self.name, self.model, self._card({"status": "training"}))
+            if cfg.keep_at is not None and self.state.get("matched_epoch") is None and val_acc >= cfg.keep_at:
+                self.state["matched_epoch"] = epoch  # saved before the run state, so a resume never misses it
+                self.store.save(matched_name(self.name, cfg.keep_at), self.model, self._matched_card(epoch, val_acc))
             self._save_run_state()
             tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.2f}  train acc {acc:.4f}  "
                        f"val acc (K={cfg.val_samples}) {val_acc:.4f}{'  *best' if best else ''}  "
@@ -180,6 +193,17 @@ class Trainer:
             if self.on_epoch is not None:
                 self.on_epoch(epoch, cfg.epochs)
         return self._finish()
+
+    def _matched_card(self, epoch: int, val_acc: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        card = self._card({"status": "training", **(extra or {})})
+        card["matched"] = {
+            "of": self.name, "target": self.cfg.keep_at, "epoch": epoch, "val_accuracy": round(val_acc, 4),
+            "val_samples": self.cfg.val_samples,
+            "what": f"the first epoch of {self.name}'s run whose validation accuracy (K={self.cfg.val_samples}) "
+                    f"reached {self.cfg.keep_at:g}: an accuracy-matched checkpoint, not the run's best"}
+        card["epochs"] = card["best_epoch"] = epoch
+        card["history"] = [h for h in card["history"] if h["epoch"] <= epoch]
+        return card
 
     def _kl_weight(self, epoch: int, fraction: float) -> float:
         """Linear KL warm-up, a function of (epoch, step) only, so a resumed run repeats it exactly."""
@@ -227,21 +251,33 @@ class Trainer:
             raise GenrobustError(f"training diverged at epoch {epoch} (non-finite loss); try a smaller --lr")
         return loss_mean, acc
 
-    def _finish(self) -> dict[str, Any]:
-        """Reload the best epoch, measure the card's accuracies at K=10 and publish the final card."""
-        model, _ = self.store.load(self.name)
+    def _card_accuracies(self, name: str) -> dict[str, Any]:
+        """Load ``name`` into the trainer's model and measure the card's accuracies at K=10."""
+        model, _ = self.store.load(name)
         self.model.load_state_dict(model.state_dict())
         val = data_mod.load(self.cfg.dataset, "validation").to(self.device)
         test = data_mod.load(self.cfg.dataset, "test", self.cfg.test_limit).to(self.device)
-        val_r = accuracy(self.model, val.images, val.labels, CARD_SAMPLES, seed=0, progress=self.progress,
-                         desc="validation K=10")
-        test_r = accuracy(self.model, test.images, test.labels, CARD_SAMPLES, seed=0, progress=self.progress,
-                          desc="test K=10")
-        card = self._card({
-            "status": "trained",
-            "validation_accuracy": {k: val_r[k] for k in ("accuracy", "n", "samples")},
-            "test_accuracy": {k: test_r[k] for k in ("accuracy", "n", "samples")},
-        })
+        out = {}
+        for key, split in (("validation_accuracy", val), ("test_accuracy", test)):
+            r = accuracy(self.model, split.images, split.labels, CARD_SAMPLES, seed=0, progress=self.progress,
+                         desc=f"{name} {key.split('_')[0]} K=10")
+            out[key] = {k: r[k] for k in ("accuracy", "n", "samples")}
+        return out
+
+    def _finish(self) -> dict[str, Any]:
+        """Measure the card's accuracies at K=10 (of the matched checkpoint too), reload the best epoch and
+        publish the final cards."""
+        matched = self.state.get("matched_epoch")
+        if self.cfg.keep_at is not None and matched is not None:
+            mname = matched_name(self.name, self.cfg.keep_at)
+            if "test_accuracy" not in self.store.card(mname):  # not yet measured (a resumed finish skips it)
+                acc = self._card_accuracies(mname)
+                val = next(h["val_accuracy"] for h in self.state["history"] if h["epoch"] == matched)
+                self.store.save(mname, self.model, self._matched_card(matched, val, {"status": "trained", **acc}))
+        card = self._card({"status": "trained", **self._card_accuracies(self.name)})
+        if self.cfg.keep_at is not None and matched is None:
+            card["matched"] = {"target": self.cfg.keep_at, "epoch": None,
+                               "what": "no epoch's validation accuracy reached the target"}
         self.store.save(self.name, self.model, card)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         return self.store.card(self.name)
@@ -260,4 +296,4 @@ def check_structure(structure: str) -> str:
         raise GenrobustError(validation_message(exc)) from None
 
 
-__all__ = ["TrainConfig", "Trainer", "default_name", "check_structure"]
+__all__ = ["TrainConfig", "Trainer", "default_name", "check_structure", "matched_name"]

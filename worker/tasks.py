@@ -75,8 +75,9 @@ def _child_setup(**_):
 
 # ------------------------------------------------------------------ tasks
 @task("train")
-def train(self, *, job_id: str, config: dict, training: dict, name: str, restart: bool) -> dict:
+def train(self, *, job_id: str, config: dict, training: dict, name: str, restart: bool, replicates: int = 1) -> dict:
     from genrobust.models import ModelConfig
+    from genrobust.replicates import train_replicates
     from genrobust.training import TrainConfig, Trainer
 
     store = job_store()
@@ -87,6 +88,15 @@ def train(self, *, job_id: str, config: dict, training: dict, name: str, restart
 
     # a re-delivered task (its worker died) resumes the saved run instead of restarting it
     restart = restart and not (self.request.delivery_info or {}).get("redelivered")
+    if replicates > 1:  # one job over the set: progress counts epochs of every seed
+        cards = train_replicates(ModelConfig(**config), TrainConfig(**training), replicates, name,
+                                 store=runtime.store(), progress=False, restart=restart,
+                                 on_epoch=lambda done, total: (store.update(job_id, done=done, total=total),
+                                                               checkpoint(job_id)),
+                                 device=runtime.device())
+        models = [c["name"] for c in cards]
+        store.update(job_id, state="succeeded", result={"model": models[0], "models": models, "cards": cards})
+        return {"models": models}
     trainer = Trainer(ModelConfig(**config), TrainConfig(**training), name, store=runtime.store(),
                       progress=False, restart=restart, on_epoch=on_epoch, device=runtime.device())
     card = trainer.fit()

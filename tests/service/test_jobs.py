@@ -108,6 +108,23 @@ def test_training_job_reports_progress_per_epoch_and_stores_the_model(client, wo
     assert not list((service_env.root / "models").glob(".*.tmp"))  # written atomically
 
 
+def test_a_replicate_set_trains_as_one_job_with_progress_over_the_set(client, workers):
+    body = {"config": {"structure": "gfz", "latent_dim": 8, "hidden": 32, "enc_channels": [4, 8, 8],
+                       "dec_channels": [8, 8, 4]},
+            "training": {"epochs": 1, "limit": 200, "test_limit": 40}, "name": "svc-set", "replicates": 2}
+    r = client.post("/jobs/train", json=body)
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job_id"], timeout=200)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["models"] == ["svc-set", "svc-set-s1"]
+    assert [c["training"]["seed"] for c in job["result"]["cards"]] == [0, 1]
+    assert {round(p, 6) for p in job["_progress"]} & {0.25, 0.5, 0.75}  # 2 seeds x (1 epoch + final evaluation)
+    assert client.get("/models/svc-set-s1").json()["training"]["seed"] == 1
+    # the set is complete: asking again trains nothing and succeeds at once with the same members
+    again = wait_job(client, client.post("/jobs/train", json=body).json()["job_id"], timeout=60)
+    assert again["result"]["models"] == ["svc-set", "svc-set-s1"]
+
+
 def test_cancel_stops_a_running_job(client, workers):
     body = {"config": {"structure": "gfz", "latent_dim": 8, "hidden": 32, "enc_channels": [4, 8, 8],
                        "dec_channels": [8, 8, 4]},

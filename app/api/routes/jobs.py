@@ -10,8 +10,9 @@ from app.schemas import JobAccepted, SweepRequest, TrainRequest
 from genrobust.data import DATASETS
 from genrobust.errors import GenrobustError, validation_message
 from genrobust.study import StudyConfig
+from genrobust.replicates import plan_replicates
 from genrobust.training import default_name
-from worker import submit
+from worker import runtime, submit
 from worker.jobs import JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -28,16 +29,23 @@ def _accepted(job: JobRecord) -> JSONResponse:
 
 
 @router.post("/train", status_code=202, response_model=JobAccepted, dependencies=[ApiKey],
-             responses={202: ACCEPTED, **errors(400, 401, 413, 422, 503)})
+             responses={202: ACCEPTED, **errors(400, 401, 409, 413, 422, 503)})
 def train(req: TrainRequest):
     """Train a model (ELBO, best epoch by validation accuracy) as a job; progress is per epoch. The model is
-    written atomically to the store when training ends. Needs X-API-Key when configured."""
+    written atomically to the store when training ends. With ``replicates`` N > 1 the job trains the missing
+    seeds of a replicate set (409 if a stored member has another recipe); progress counts epochs over the set.
+    Needs X-API-Key when configured."""
     if req.training.dataset not in DATASETS:
         raise GenrobustError(f"unknown dataset {req.training.dataset!r}; choose one of {sorted(DATASETS)}")
     name = req.name or default_name(req.config.structure, req.training.dataset)
+    if req.replicates > 1:
+        try:  # a member stored with another recipe is refused now, not in the worker
+            plan_replicates(req.config, req.training, req.replicates, name, runtime.store())
+        except GenrobustError as exc:
+            raise HTTPException(409, str(exc)) from None
     return _accepted(submit.train({"config": req.config.model_dump(mode="json"),
                                    "training": req.training.model_dump(mode="json"), "name": name,
-                                   "restart": req.restart}))
+                                   "restart": req.restart, "replicates": req.replicates}))
 
 
 @router.post("/sweep", status_code=202, response_model=JobAccepted, dependencies=[ApiKey],
