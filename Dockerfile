@@ -10,7 +10,7 @@ COPY pyproject.toml README.md ./
 COPY genrobust ./genrobust
 COPY app ./app
 COPY worker ./worker
-RUN pip install . && useradd --create-home --uid 1000 genrobust \
+RUN pip install ".[service]" && useradd --create-home --uid 1000 genrobust \
     && mkdir -p /models /data && chown genrobust /models /data
 USER genrobust
 EXPOSE 8000

@@ -562,8 +562,18 @@ def cmd_check(args) -> int:
     return 0
 
 
+SERVICE_MODULES = {"fastapi", "starlette", "uvicorn", "celery", "kombu", "sqlalchemy", "redis", "PIL"}  # [service]
+
+
 def cmd_serve(args) -> int:
-    from app.main import serve  # the service's dependencies load only for this command
+    try:  # the service's dependencies are an extra, loaded only for this command
+        from app.main import serve
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in SERVICE_MODULES:
+            raise
+        raise GenrobustError(f"`genrobust serve` needs the service's dependencies ({missing} is not installed): "
+                             "pip install 'genrobust[service]'") from None
 
     return serve(args.host, args.port, access_log=not args.no_access_log)
 

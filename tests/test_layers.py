@@ -1,0 +1,67 @@
+"""The layers: the library imports neither the service (app/, worker/) nor its dependencies; `genrobust
+serve` without them is refused with the install line. (scripts/check_install.sh does the same in a fresh
+venv holding the library alone; CI runs it.)"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genrobust import cli
+
+REPO = Path(__file__).resolve().parents[1]
+SERVICE = {"fastapi", "starlette", "uvicorn", "celery", "kombu", "sqlalchemy", "redis", "app", "worker"}
+
+
+def _imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_no_library_module_imports_the_service_or_its_dependencies():
+    offenders = {str(p.relative_to(REPO)): sorted(_imported_roots(p) & SERVICE)
+                 for p in (REPO / "genrobust").rglob("*.py")}
+    # the one door: `genrobust serve` imports app.main inside the command
+    assert {k: v for k, v in offenders.items() if v} == {"genrobust/cli.py": ["app"]}
+
+
+def test_importing_the_library_loads_no_service_module():
+    code = ("import sys, genrobust, genrobust.attacks, genrobust.cli, genrobust.study, genrobust.masking, "
+            "genrobust.replicates, genrobust.transfer, genrobust.detection; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(SERVICE)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_serve_without_the_service_extra_exits_2_with_the_install_line(monkeypatch, capsys):
+    real_import = __builtins__["__import__"] if isinstance(__builtins__, dict) else __builtins__.__import__
+
+    def no_fastapi(name, *args, **kw):
+        if name == "app.main":
+            raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr("builtins.__import__", no_fastapi)
+    assert cli.main(["serve"]) == 2
+    assert "pip install 'genrobust[service]'" in capsys.readouterr().err
+
+
+def test_an_unrelated_import_error_in_the_service_is_not_hidden(monkeypatch):
+    real_import = __builtins__["__import__"] if isinstance(__builtins__, dict) else __builtins__.__import__
+
+    def broken(name, *args, **kw):
+        if name == "app.main":
+            raise ModuleNotFoundError("No module named 'app.typo'", name="app.typo")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr("builtins.__import__", broken)
+    with pytest.raises(ModuleNotFoundError, match="app.typo"):
+        cli.main(["serve"])
