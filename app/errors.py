@@ -15,7 +15,7 @@ from app.batching import Overloaded
 from app.images import TooManyImages
 from genrobust.attacks import ATTACKS
 from genrobust.errors import GenrobustError
-from genrobust.settings import get_settings
+from worker.settings import get_service_settings as get_settings
 from worker.submit import BrokerUnavailable
 
 log = logging.getLogger("genrobust.service")

@@ -13,7 +13,7 @@ from app.api.deps import InlineLimit
 from app.api.main import api_router
 from app.batching import Batcher
 from genrobust.evaluation import logits_for_requests
-from genrobust.settings import get_settings
+from worker.settings import get_service_settings as get_settings
 from worker import runtime
 from worker.celery import configure
 

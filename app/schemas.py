@@ -15,13 +15,13 @@ from genrobust.models import ModelConfig
 from genrobust.store import NAME_RE
 from genrobust.replicates import REPLICATES_MAX
 from genrobust.training import TrainConfig
+from genrobust import fields
 from worker.jobs import State
 
 ModelName = Annotated[str, Field(pattern=NAME_RE.pattern, max_length=64, examples=["fmnist-gfz"],
                                  description="A stored model (see GET /models): 1-64 characters a-z 0-9 . _ -.")]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="Seeds the model's noise: the same request gives "
-                                                             "the same answer.")]
-Samples = Annotated[int, Field(ge=1, le=100, description="K importance samples per class (1-100).")]
+Seed = Annotated[fields.Seed, Field(description="Seeds the model's noise: the same request gives the same answer.")]
+Samples = Annotated[fields.Samples, Field(description=f"K importance samples per class (1-{fields.SAMPLES_MAX}).")]
 Label = Annotated[int, Field(ge=0, lt=NUM_CLASSES)]
 
 _PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
@@ -95,7 +95,7 @@ class AttackBase(ImagesIn):
     labels: list[Label] | None = Field(None, description="True labels, one per image (0-9). Omitted: the "
                                                          "model's own predictions are attacked.")
     seed: Seed = 0
-    eval_samples: Samples = Field(10, description="K of the fresh evaluation that judges success (1-100).")
+    eval_samples: Samples = Field(10, description=f"K of the fresh evaluation that judges success (1-{fields.SAMPLES_MAX}).")
 
 
 AttackRequest = _attack_variants(AttackBase, "AttackRequest")
@@ -173,7 +173,7 @@ class SweepRequest(BaseModel):
     limit: int = Field(100, ge=1, le=10_000, description="Images: the first N of the split.")
     split: Literal["test", "validation"] = "test"
     seed: Seed = 0
-    eval_samples: Samples = Field(10, description="K of the fresh evaluation (1-100).")
+    eval_samples: Samples = Field(10, description=f"K of the fresh evaluation (1-{fields.SAMPLES_MAX}).")
     chunk_size: int | None = Field(None, ge=1, le=10_000, description="Images per parallel task (default "
                                                                       "GENROBUST_SWEEP_CHUNK).")
     study: bool = Field(False, description="Run the full `reproduce` study (genrobust.study: tables with "

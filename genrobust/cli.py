@@ -194,15 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap every image count of the preset at N (attacks, curves, clean images)")
     r.add_argument("--images", action="append", default=[], metavar="ATTACK=N",
                    help="test images for one attack (or 'adaptive'), repeatable; overrides the preset")
-    r.add_argument("--seed", type=_nonneg_int, default=0)
-    r.add_argument("--out", default="report", help="output folder (default ./report)")
+    sf = StudyConfig.model_fields  # defaults and help come from the study's config: declared once, there
+    r.add_argument("--seed", type=_nonneg_int, default=None, help=f"{sf['seed'].description} (default {sf['seed'].default})")
+    r.add_argument("--out", default=None, help=f"output folder (default ./{sf['out'].default})")
     r.add_argument("--param", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="attack parameter override, repeatable (e.g. --param fgsm.eps=0.2)")
     r.add_argument("--clean-limit", type=_positive, default=None,
                    help="clean test images for false-positive rates and ROC negatives (default: the preset's)")
     r.add_argument("--fit-limit", type=_positive, help="training images when detectors must be fitted first "
                    "(default: the whole training split)")
-    r.add_argument("--chunk-size", type=_positive, default=100, help="images per cached chunk (default 100)")
+    r.add_argument("--chunk-size", type=_positive, default=None,
+                   help=f"images per cached chunk (default {sf['chunk_size'].default})")
     r.add_argument("--no-adaptive", action="store_true", help="skip the detector-aware PGD table")
     r.add_argument("--no-curves", action="store_true", help="skip the robustness curves and the FGS reconstruction")
     r.add_argument("--masking", action="store_true", help="also run the gradient-masking checks on every model (a "
@@ -493,10 +495,11 @@ def cmd_reproduce(args) -> int:
     if args.quick and args.preset not in (None, "quick"):
         raise GenrobustError(f"--quick and --preset {args.preset} contradict each other")
     preset = "quick" if args.quick else args.preset or ("gpu" if device.type == "cuda" else "default")
-    config = StudyConfig(models=_resolve_models(args.models, store), attacks=attacks, params=params, limit=args.limit,
-                         limits=limits, preset=preset, seed=args.seed, out=Path(args.out), clean_limit=args.clean_limit,
-                         fit_limit=args.fit_limit, adaptive=not args.no_adaptive, curves=not args.no_curves,
-                         chunk_size=args.chunk_size, masking=args.masking)
+    given = {k: getattr(args, k) for k in ("seed", "out", "chunk_size", "limit", "clean_limit", "fit_limit")
+             if getattr(args, k) is not None}  # the rest take StudyConfig's defaults
+    config = StudyConfig(models=_resolve_models(args.models, store), attacks=attacks, params=params, limits=limits,
+                         preset=preset, adaptive=not args.no_adaptive, curves=not args.no_curves,
+                         masking=args.masking, **given)
     try:
         results = reproduce(config, store, device=device)
     except KeyboardInterrupt:

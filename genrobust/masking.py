@@ -60,7 +60,7 @@ from genrobust.device import module_device
 from genrobust.errors import GenrobustError
 from genrobust.models import LatentClassifier
 from genrobust.robustness import run_attack
-from genrobust.seeding import SEED_MAX
+from genrobust.fields import Draws, Samples, Seed
 
 Letter = Literal["a", "b", "c", "d", "e", "f"]
 LETTERS: tuple[str, ...] = ("a", "b", "c", "d", "e", "f")
@@ -146,9 +146,9 @@ class MaskingConfig(BaseModel):
                                                 "not used.")
     transfer_source: str | None = Field(None, description="Stored model the transfer attack of (d) starts from.")
     transfer_attack: str = Field("apgd", description="The attack run on the transfer source.")
-    seed: int = Field(0, ge=0, le=SEED_MAX)
-    eval_samples: int = Field(10, ge=1, le=1000, description="K of the fresh evaluations.")
-    eval_draws: int = Field(10, ge=1, le=1000, description="R fresh evaluations behind each robust outcome.")
+    seed: Seed = 0
+    eval_samples: Samples = Field(10, description="K of the fresh evaluations.")
+    eval_draws: Draws = Field(10, description="R fresh evaluations behind each robust outcome.")
     batch_size: int = Field(100, ge=1, le=100_000, description="Images per run_attack batch.")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Level of the one-sided McNemar tests.")
     tolerance: int = Field(1, ge=0, description="Images allowed to stay robust in (a) and (f).")

@@ -32,6 +32,7 @@ from genrobust.errors import GenrobustError, validation_message
 from genrobust.evaluation import accuracy
 from genrobust.models import LatentClassifier, ModelConfig
 from genrobust.store import CorruptStoreFile, ModelStore, check_name, load_tensors, save_tensors, write_json
+from genrobust.fields import Dataset, Samples, Seed
 
 CARD_SAMPLES = 10  # K for the accuracies in a model card
 
@@ -44,11 +45,11 @@ class TrainConfig(BaseModel):
     epochs: int = Field(20, ge=1, le=10_000, description="Passes over the training split.")
     batch_size: int = Field(100, ge=1, le=100_000, description="Images per Adam step.")
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate.")
-    seed: int = Field(0, ge=0, le=seeding.SEED_MAX,
+    seed: Seed = Field(0,
                       description="Seeds initial weights, batch order, dropout and latent noise.")
     limit: int | None = Field(None, ge=1, description="Train on the first N training images only.")
-    dataset: str = Field("fashion-mnist", description="Dataset to train on.")
-    val_samples: int = Field(1, ge=1, description="K for the per-epoch validation used to pick the best epoch.")
+    dataset: Dataset = Field("fashion-mnist", description="Dataset to train on.")
+    val_samples: Samples = Field(1, description="K for the per-epoch validation used to pick the best epoch.")
     test_limit: int | None = Field(None, ge=1, description="Evaluate the card's test accuracy on N images.")
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="Learning rate: constant, or cosine decay from lr to 0 over all epochs.")

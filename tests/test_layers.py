@@ -3,6 +3,7 @@ serve` without them is refused with the install line. (scripts/check_install.sh 
 venv holding the library alone; CI runs it.)"""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,18 @@ def test_an_unrelated_import_error_in_the_service_is_not_hidden(monkeypatch):
     monkeypatch.setattr("builtins.__import__", broken)
     with pytest.raises(ModuleNotFoundError, match="app.typo"):
         cli.main(["serve"])
+
+
+def test_the_service_layer_never_imports_the_api():
+    offenders = {str(p.relative_to(REPO)): "app" for p in (REPO / "worker").rglob("*.py") if "app" in _imported_roots(p)}
+    assert offenders == {}
+
+
+def test_importing_the_service_configures_no_celery(tmp_path):
+    code = ("import sys, worker, worker.jobs, worker.calls, worker.runtime, worker.settings, app.schemas; "
+            "assert 'celery' not in sys.modules, 'celery imported'; "
+            "import worker.celery as c; assert not c._configured, 'configured at import'; "
+            "c.ensure_configured(); assert c._configured and c.app.conf.task_default_queue == 'genrobust'; print('ok')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")} | {"GENROBUST_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,6 +1,4 @@
-"""Celery workers for genrobust's long jobs (training, sweeps, the study). ``celery -A worker worker`` finds
-the app in ``worker.celery``; the tasks are thin wrappers over the ``genrobust`` package."""
-
-from worker.celery import app
-
-__all__ = ["app"]
+"""The service layer under the API: job records, the inline compute and the Celery workers for long jobs
+(training, sweeps, the study), all thin wrappers over the ``genrobust`` package. Importing it configures
+nothing: the Celery app lives in ``worker.celery`` (``celery -A worker worker`` finds it there) and is
+configured when the API starts, when a worker starts, or when a job is first sent."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, signals
 
-from genrobust.settings import Settings, get_settings
+from worker.settings import ServiceSettings as Settings, get_service_settings as get_settings
 
-QUEUE = "genrobust"
 
 app = Celery("genrobust", include=["worker.tasks"])
+_configured = False
 
 
 def service_dir(settings: Settings) -> Path:
@@ -32,7 +32,7 @@ def embedded_urls(settings: Settings) -> tuple[str, str]:
 
 
 def configure(settings: Settings | None = None) -> Celery:
-    """(Re)configure the app from the settings; called at import and by the API at start."""
+    """(Re)configure the app from the settings: by the API at start, by a worker at start, by tests."""
     s = settings or get_settings()
     if s.redis_url:
         broker = backend = s.redis_url
@@ -45,12 +45,14 @@ def configure(settings: Settings | None = None) -> Celery:
         broker, backend = embedded_urls(s)
         # kombu hands these to create_engine: wait on a locked SQLite file instead of failing
         transport, backend_options = {"connect_args": {"timeout": 30}}, {}
+    global _configured
+    _configured = True
     changed = (app.conf.broker_url, app.conf.result_backend) != (broker, backend)
     app.conf.update(
         broker_url=broker, result_backend=backend,
         broker_transport_options=transport, result_backend_transport_options=backend_options,
         broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
+        task_default_queue=s.jobs_queue,  # workers consume it too: one setting routes both ends
         task_serializer="json", result_serializer="json", accept_content=["json"],
         # nothing lost: a task is acknowledged only once done, and re-queued if its worker dies mid-task
         task_acks_late=True, task_reject_on_worker_lost=True,
@@ -74,4 +76,12 @@ def configure(settings: Settings | None = None) -> Celery:
     return app
 
 
-configure()
+
+def ensure_configured() -> Celery:
+    """Configure from the settings unless done already (the API and workers configure at start)."""
+    return app if _configured else configure()
+
+
+@signals.celeryd_init.connect
+def _configure_worker(**_) -> None:  # `celery -A worker worker` and the embedded worker, before they connect
+    configure()

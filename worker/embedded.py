@@ -8,7 +8,7 @@ import threading
 
 from celery.worker import WorkController
 
-from genrobust.settings import get_settings
+from worker.settings import get_service_settings as get_settings
 from worker.celery import app
 
 log = logging.getLogger(__name__)

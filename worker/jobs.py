@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from genrobust.settings import Settings, get_settings
+from worker.settings import ServiceSettings as Settings, get_service_settings as get_settings
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL = ("succeeded", "failed", "cancelled")

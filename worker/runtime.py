@@ -17,7 +17,7 @@ import torch
 
 from genrobust import data
 from genrobust.device import resolve_device
-from genrobust.settings import get_settings
+from worker.settings import get_service_settings as get_settings
 from genrobust.store import ModelStore
 
 _lock = threading.Lock()

@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from celery import chord, uuid
 
 from genrobust.attacks import make_attack
 from genrobust.errors import GenrobustError
 from genrobust.device import resolve_device
 from genrobust.robustness import chunk_bounds, default_chunk_size
-from genrobust.settings import get_settings
+from worker.settings import get_service_settings as get_settings
 from worker import tasks
-from worker.celery import app
+from worker.celery import app, ensure_configured
 from worker.jobs import JobRecord, job_store
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class BrokerUnavailable(RuntimeError):
 
 
 def _enqueue(job: JobRecord, send) -> JobRecord:
+    ensure_configured()
     try:
         send()
     except Exception as exc:  # connection refused, timeouts: kombu/redis/sqlalchemy raise their own types
@@ -56,13 +58,20 @@ def study(request: dict[str, Any]) -> JobRecord:
     return _send(tasks.study.s(job_id=job.id, request=request), job)
 
 
+def jobs_device() -> torch.device:
+    """The device of the workers that run the jobs (GENROBUST_JOBS_DEVICE), not the API's: chunks are sized
+    for where they run. ``auto``: the API's own device, right when both share a machine."""
+    s = get_settings()
+    return torch.device(s.jobs_device) if s.jobs_device != "auto" else resolve_device(s.device)
+
+
 def sweep(request: dict[str, Any]) -> JobRecord:
     """models x attacks, each over ``limit`` images cut into chunks: one task per chunk (a chord header, run
     by any number of workers), merged by one callback. Chunks follow genrobust.robustness.chunk_bounds, so
     the result equals ``run_attack_chunked`` in one process with the same chunk size. The chunk size is the
     request's, else GENROBUST_SWEEP_CHUNK, else sized per attack to its cost and the device."""
     fixed = request.get("chunk_size") or get_settings().sweep_chunk
-    device = resolve_device(get_settings().device)
+    device = jobs_device()
     chunks = [fixed or default_chunk_size(make_attack(a["attack"], a["params"]), device) for a in request["attacks"]]
     bounds = [chunk_bounds(request["limit"], c) for c in chunks]  # per attack
     pairs = [(m, i) for m in request["models"] for i in range(len(request["attacks"]))]
@@ -90,6 +99,7 @@ def cancel(job_id: str) -> bool:
         return False
     ids = store.task_ids(job_id)
     if ids and get_settings().redis_url:
+        ensure_configured()
         try:
             app.control.revoke(ids, terminate=True, signal="SIGTERM")
         except Exception as exc:  # the record says cancelled; tasks will stop at their next check

@@ -17,7 +17,7 @@ from celery.exceptions import Ignore
 
 from genrobust.device import is_out_of_memory
 from genrobust.errors import GenrobustError
-from genrobust.settings import get_settings
+from worker.settings import get_service_settings as get_settings
 from worker import calls, runtime
 from worker.celery import app
 from worker.jobs import job_store

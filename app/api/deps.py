@@ -11,7 +11,7 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from app.batching import Batcher, Overloaded
-from genrobust.settings import Settings, get_settings
+from worker.settings import ServiceSettings as Settings, get_service_settings as get_settings
 from genrobust.store import ModelStore
 from worker import runtime
 from worker.jobs import JobStore, job_store

@@ -5,9 +5,10 @@ const $ = (id) => document.getElementById(id);
 const S = {
   openapi: null, models: [], byName: {}, classes: [], detectors: [],
   image: null,                       // {pixels: Float32Array(784), caption, label (int or null)}
-  gallery: { offset: 0, limit: 24, split: "test", total: 0, dataset: null },
+  gallery: { offset: 0, limit: 24, split: "test", total: 0, dataset: null, items: [] },
   apiKey: sessionStorage.getItem("genrobust-api-key"),
   sweepAttacks: [], openJob: null, jobsTimer: null, jobRows: {},
+  studies: {},                       // job id -> Promise of its results.json (figures, and tables of older records)
 };
 const ACTIVE = new Set(["queued", "running"]);
 
@@ -155,6 +156,8 @@ function renderFields(container, schema, { prefix, path = "", exclude = [] }) {
     const kind = s.enum || s.const !== undefined ? "enum" : s.type;
     if (kind === "enum") {
       input = el("select", { id });
+      // a required choice without a default starts unchosen: the API's message says what is missing
+      if (s.default === undefined && s.const === undefined) input.append(el("option", { value: "", text: "choose…" }));
       for (const v of s.enum || [s.const]) input.append(el("option", { value: v, text: v, selected: v === s.default }));
     } else if (kind === "boolean") {
       input = el("input", { type: "checkbox", id, checked: !!s.default });
@@ -324,21 +327,40 @@ async function loadGallery() {
     const { data } = await api("GET", `/datasets/${g.dataset}/${g.split}?offset=${g.offset}&limit=${g.limit}`);
     S.classes = data.classes;
     g.total = data.total;
+    g.items = data.items;
     $("gallery-range").textContent = `${data.offset}–${data.offset + data.items.length - 1} of ${data.total}`;
     $("gallery").replaceChildren(...data.items.map((it) => el("button", {
       type: "button", role: "listitem", "aria-pressed": "false", "data-index": it.index,
-      "aria-label": `Image ${it.index}: ${it.class_name}`, onclick: (e) => pickGallery(e.currentTarget, it),
+      "aria-label": `Image ${it.index}: ${it.class_name}`,
+      onclick: (e) => pickGallery(e.currentTarget, it).catch((err) => showError("gallery-error", err)),
     }, el("img", { src: it.url, alt: "", width: 28, height: 28 }),
     el("span", { text: `${it.index} ${it.class_name}` }))));
-  } catch (e) { showError("gallery-error", e); }
+  } catch (e) {
+    g.items = [];
+    showError("gallery-error", e);
+  }
 }
 
-function pickGallery(button, it) {
+function loaded(img) {  // resolves once an <img> has its pixels
+  if (img.complete && img.naturalWidth) return Promise.resolve(img);
+  return new Promise((resolve, reject) => {
+    img.addEventListener("load", () => resolve(img), { once: true });
+    img.addEventListener("error", () => reject(new Error(`could not load ${img.src}`)), { once: true });
+  });
+}
+
+async function pickGallery(button, it, note = "") {
   document.querySelectorAll("#gallery button").forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
-  const img = button.querySelector("img");
-  const caption = `${S.gallery.split} image ${it.index}, true label ${className(it.label)}`;
-  const use = () => setImage(pixelsOf(img), caption, it.label);
-  img.complete && img.naturalWidth ? use() : img.addEventListener("load", use, { once: true });
+  const img = await loaded(button.querySelector("img"));
+  setImage(pixelsOf(img), `${S.gallery.split} image ${it.index}, true label ${className(it.label)}${note}`, it.label);
+}
+
+// a new user meets a chosen image (the gallery's first), so Compare and Jobs work before any pick
+async function defaultImage() {
+  const it = S.gallery.items[0];
+  const button = it && $("gallery").querySelector(`button[data-index="${it.index}"]`);
+  if (!button || S.image) return;  // no dataset: the gallery says why, and the tools ask for an image
+  try { await pickGallery(button, it, " (default)"); } catch (e) { showError("gallery-error", e); }
 }
 
 // ------------------------------------------------------------------ upload and drawing
@@ -600,6 +622,67 @@ function reportTable(reports) {
       class: typeof r[k] === "number" ? "num" : "", text: cell(r[k], k) })))))));
 }
 
+// ------------------------------------------------------------------ a finished study on the page
+const reportFile = (job, file) => `/jobs/${job.id}/report/${file.split("/").map(encodeURIComponent).join("/")}`;
+const studyResults = (job) => {  // results.json, fetched once per job (it lists the figures)
+  S.studies[job.id] ??= api("GET", reportFile(job, "results.json")).then((r) => r.data)
+    .catch((e) => { delete S.studies[job.id]; throw e; });
+  return S.studies[job.id];
+};
+
+function studyAnswer(a) {
+  return el("section", { class: "answer", "aria-label": "The study's answer" },
+    el("h4", { text: "The answer" }),
+    el("p", {}, el("strong", { text: "Question. " }), a.question),
+    el("p", {}, el("strong", { text: `Answer (${a.strength}). ` }), el("span", { class: "study-answer", text: a.answer })),
+    a.differences || a.limits ? el("details", {}, el("summary", { text: "Where this differs from the study; limits" }),
+      a.differences ? el("p", {}, el("strong", { text: "Differences. " }), a.differences) : null,
+      a.limits ? el("p", {}, el("strong", { text: "Limits. " }), a.limits) : null) : null);
+}
+
+function grid(columns, rows, caption) {  // a table of strings, as the report writes it
+  return el("div", { class: "table-wrap" }, el("table", { class: "study" },
+    caption ? el("caption", { text: caption }) : null,
+    el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col", text: c })))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, r.map((v) => el("td", { text: v ?? "–" })))))));
+}
+
+function studyTable(t) {
+  return el("section", { class: "study-table" }, grid(t.columns, t.rows, t.title),
+    t.comparisons?.length ? grid(t.comparison_columns, t.comparisons, "Paired comparisons") : null,
+    t.verdict ? el("p", { class: "verdict" }, el("strong", { text: "Verdict. " }), t.verdict) : null);
+}
+
+function studyFigures(res) {  // numbered as in the report: curves, one example per model, then the ROC curves
+  const figs = res.figures || [];
+  const upper = (s) => s[0].toUpperCase() + s.slice(1);
+  return [...figs.filter((f) => f.question).map((f) => [upper(f.question), f.file]),
+    ...Object.entries(res.examples || {}).map(([m, ex]) => [`${m}, one test image under every attack`, ex.file]),
+    ...figs.filter((f) => f.model).map((f) => [`ROC, ${f.model} — ${f.attack}`, f.file])]
+    .map(([caption, file], i) => ({ caption: `Figure ${i + 1}: ${caption}`, file }));
+}
+
+function studyView(job) {  // the answer, tables and figures of a succeeded study, and its files
+  const r = job.result;
+  const answer = el("div"), tables = el("div"), figures = el("div", { class: "figures" });
+  const draw = (a, tabs) => {
+    if (a) answer.replaceChildren(studyAnswer(a));
+    if (tabs) tables.replaceChildren(el("h4", { text: "Tables" }), ...Object.values(tabs).map(studyTable));
+  };
+  draw(r.answer, r.tables);
+  figures.append(el("p", { class: "muted", text: "loading the figures…" }));
+  studyResults(job).then((res) => {
+    if (!r.answer || !r.tables) draw(r.answer || res.answer, r.tables || res.tables);  // records of older studies
+    const list = studyFigures(res);
+    figures.replaceChildren(el("h4", { text: "Figures" }), ...(list.length ? list.map((f) => el("figure", {},
+      el("img", { src: reportFile(job, f.file), alt: f.caption }), el("figcaption", { text: f.caption })))
+      : [el("p", { class: "muted", text: "The study made no figures." })]));
+  }, (e) => figures.replaceChildren(el("p", { class: "muted", text: `Figures: ${e.message}` })));
+  const download = (file) => el("a", { href: reportFile(job, file), download: file, text: file });
+  return [el("p", {}, reportLink(job, "Open the study's report.html"), ` (${fmt(r.seconds, 0)} s) · download `,
+    download("report.md"), " · ", download("results.json")), answer, tables, figures];
+}
+
 function jobDetail(job) {
   const box = $("job-detail");
   const head = el("h3", { text: `Job ${job.id.slice(0, 8)} (${job.kind}): ${job.state}` });
@@ -607,9 +690,7 @@ function jobDetail(job) {
   if (job.error) parts.push(el("p", { class: "error", text: job.error }));
   if (job.state === "succeeded" && job.result) {
     if (job.kind === "sweep") parts.push(reportTable(job.result.reports));
-    else if (job.kind === "study") {
-      parts.push(el("p", {}, reportLink(job, "Open the study's report.html"), ` (${fmt(job.result.seconds, 0)} s)`));
-    }
+    else if (job.kind === "study") parts.push(...studyView(job));
     else if (job.kind === "attack") parts.push(reportTable([job.result.summary]));
     else parts.push(el("pre", { text: JSON.stringify(job.result, null, 1).slice(0, 2000) }));
   }
@@ -772,6 +853,7 @@ async function main() {
   $("train-form").addEventListener("submit",
     (e) => submitJob(e, "/jobs/train", "train", () => readFields($("train-fields"))));
   await onModelChange();
+  await defaultImage();
   refreshJobs();
   document.body.dataset.ready = "true";  // for tests: everything is wired
 }

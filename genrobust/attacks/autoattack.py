@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from genrobust.attacks.apgd import APGD, APGDBudget, APGDTargeted
 from genrobust.attacks.base import Attack, AttackOutput, BudgetedAttack, LogitsFn
 from genrobust.attacks.square import Square
+from genrobust.fields import Draws
 
 VERSIONS = {"standard": {"eot": 1, "members": ("apgd-ce", "apgd-t", "square")},
             "rand": {"eot": 20, "members": ("apgd-ce", "apgd-dlr")}}
@@ -40,7 +41,7 @@ SQUARE_P_INIT = 0.8  # the original AutoAttack's, for both norms
 class AutoAttackParams(APGDBudget):
     version: Literal["standard", "rand"] = Field("standard", description="standard: APGD-CE, APGD-T, Square; "
                                                                           "rand: APGD-CE, APGD-DLR with eot = 20.")
-    eot: int | None = Field(None, ge=1, le=1000, description="Noise draws per gradient or score; default by "
+    eot: Draws | None = Field(None, description="Noise draws per gradient or score; default by "
                                                              "version (standard 1, rand 20).")
     targets: int = Field(9, ge=1, le=99, description="APGD-T's target classes (standard).")
     queries: int = Field(5000, ge=1, le=1_000_000, description="Square's query budget per image per restart "

@@ -38,6 +38,7 @@ from genrobust.attacks.norms import NORMS, Norm, NormName
 from genrobust.data import check_images, check_labels
 from genrobust.errors import GenrobustError, validation_message
 from genrobust.models import LatentClassifier, pass_rows
+from genrobust.fields import Draws, Samples
 
 ATTACKS: dict[str, type["Attack"]] = {}
 
@@ -51,9 +52,9 @@ class AttackParams(BaseModel):
     # inf/NaN are valid JSON to Python's parser but no valid step, budget or constant
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    samples: int = Field(10, ge=1, le=1000, description="K importance samples for the attacker's own evaluations "
+    samples: Samples = Field(10, description="K importance samples for the attacker's own evaluations "
                                                          "of a genrobust classifier (ignored for plain modules).")
-    eot: int = Field(1, ge=1, le=1000, description="M independent noise draws averaged per gradient or score "
+    eot: Draws = Field(1, description="M independent noise draws averaged per gradient or score "
                                                    "(Expectation over Transformation), tiled into one batched "
                                                    "pass; 1 for deterministic models.")
 
@@ -68,7 +69,7 @@ class BallParams(AttackParams):
 class RobustAcceptParams(AttackParams):
     """Robust acceptance for minimal-perturbation attacks (defaults measured in BENCHMARKS.md)."""
 
-    accept_draws: int = Field(10, ge=1, le=1000, description="R independent draws of the attacker's noise that "
+    accept_draws: Draws = Field(10, description="R independent draws of the attacker's noise that "
                                                              "judge an iterate (1 for deterministic models).")
     accept_fraction: float = Field(1.0, gt=0.0, le=1.0, description="An iterate is adversarial only when at least "
                                                                     "this fraction of the R draws misclassify it.")

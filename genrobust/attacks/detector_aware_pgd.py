@@ -42,8 +42,9 @@ class DetectorAwarePGD(PGD, register=False):
     def _hinge_terms(self, logits: torch.Tensor) -> torch.Tensor:
         pred = logits.argmax(1)
         log_joint = logits.gather(1, pred[:, None]).squeeze(1)
-        threshold, sigma = self.threshold.to(logits.device), self.sigma.to(logits.device)
-        return (threshold[pred] - log_joint) / sigma[pred]  # > 0: detected
+        if self.threshold.device != logits.device:  # moved once, on the first step, not at every step
+            self.threshold, self.sigma = self.threshold.to(logits.device), self.sigma.to(logits.device)
+        return (self.threshold[pred] - log_joint) / self.sigma[pred]  # > 0: detected
 
     def loss(self, logits, y):
         hinge = F.relu(self._hinge_terms(logits) + self.params.kappa)

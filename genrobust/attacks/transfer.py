@@ -23,6 +23,7 @@ from torch import nn
 from genrobust.attacks.base import ATTACKS, Attack, AttackOutput, AttackParams, LogitsFn, make_attack
 from genrobust.attacks.norms import Norm
 from genrobust.errors import GenrobustError
+from genrobust.fields import Draws, Samples
 
 INNER_SHARED = ("samples", "eot")  # the inner attack's K and M, given at the top level
 
@@ -79,9 +80,9 @@ class TransferSpec(AttackParams):
     """What a transfer is, without checking that the source is stored (the matrix helper's sources may be
     any modules)."""
 
-    samples: int = Field(10, ge=1, le=1000, description="K importance samples of the inner attack's evaluations "
+    samples: Samples = Field(10, description="K importance samples of the inner attack's evaluations "
                                                          "of the source (ignored for plain modules).")
-    eot: int = Field(1, ge=1, le=1000, description="M noise draws the inner attack averages per gradient or "
+    eot: Draws = Field(1, description="M noise draws the inner attack averages per gradient or "
                                                    "score of the source.")
     source: str = Field(description="The model the adversarials are crafted on, by its stored name (list them "
                                     "with `genrobust models` or GET /models).", examples=["fmnist-dfz"])

@@ -10,10 +10,11 @@ and samples; features of x that depend on neither y nor z are computed once per 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from torch import nn
 
 from genrobust.errors import GenrobustError
@@ -43,7 +44,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    structure: str = Field(description="One of DFX, DFZ, DBX, GFZ, GFY, GBZ, GBY.")
+    # an enum in JSON Schema (the page offers a choice); any case is accepted and made canonical below
+    structure: Annotated[str, WithJsonSchema({"type": "string", "enum": list(STRUCTURES)})] = Field(
+        description="One of DFX, DFZ, DBX, GFZ, GFY, GBZ, GBY (any case).")
     latent_dim: int = Field(64, ge=1, le=1024, description="Dimension of z.")
     num_classes: int = Field(10, ge=2, description="Number of labels.")
     hidden: int = Field(256, ge=1, description="Width of the dense layers.")

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genrobust.attacks import ATTACKS
 from genrobust.detection import DEFAULT_FPR
-from genrobust.seeding import SEED_MAX
 from genrobust.store import check_name
+from genrobust.fields import Draws, Samples, Seed
 
 STUDY_MODELS = ["fmnist-dfz", "fmnist-gfz"]
 STUDY_ATTACKS = ["fgsm", "pgd", "apgd", "deepfool", "truncated-deepfool", "cw", "zoo"]
@@ -74,9 +74,9 @@ class StudyConfig(BaseModel):
                                                                        "(attacks, curves, clean images).")
     limits: dict[str, int] = Field(default_factory=dict, description="Test images per attack (or 'adaptive'), "
                                                                      "overriding the preset.")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seeds attacks, evaluation and detection.")
-    eval_samples: int = Field(10, ge=1, le=1000, description="K for judging success with fresh noise.")
-    eval_draws: int = Field(10, ge=1, le=1000, description="R fresh evaluations behind robust accuracy.")
+    seed: Seed = Field(0, description="Seeds attacks, evaluation and detection.")
+    eval_samples: Samples = Field(10, description="K for judging success with fresh noise.")
+    eval_draws: Draws = Field(10, description="R fresh evaluations behind robust accuracy.")
     clean_limit: int | None = Field(None, ge=1, le=TEST_IMAGES,
                                     description="Clean test images for the false-positive rate and the ROC negatives "
                                                 "(default: the preset's).")

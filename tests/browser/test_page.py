@@ -1,18 +1,27 @@
-"""The web page in a real browser, in the order a person uses it (one page, shared by the tests): load;
-fmnist-gfz and a gallery image; classify; FGSM with a detector verdict; DFZ vs GFZ; a sweep to 100 %; a bad
-parameter showing the API's message. No console errors anywhere (the one expected 422 resource log of the
-bad-parameter step aside). A screenshot of each state goes to the `shots` folder."""
+"""The web page in a real browser, in the order a person uses it (one page, shared by the tests): load, the
+first test image already chosen so Compare works at once (and, without the dataset, the page says why);
+fmnist-gfz and a gallery image; classify; FGSM with a detector verdict; DFZ vs GFZ; a sweep to 100 %; a study
+with its answer, tables and figures on the page; a bad parameter showing the API's message. No console errors
+anywhere (the expected 422 and 404 resource logs aside). A screenshot of each state goes to the `shots`
+folder."""
 
 from __future__ import annotations
 
+import io
+import json
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.browser.conftest import new_page
 
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
 CLASS = re.compile(rf"^({'|'.join(FASHION)}) \(\d\)$")
+STRUCTURES = ["DFX", "DFZ", "DBX", "GFZ", "GFY", "GBZ", "GBY"]
+CANVAS_RED = ("id => Array.from(document.getElementById(id).getContext('2d').getImageData(0, 0, 28, 28).data"
+              ".filter((_, i) => i % 4 === 0))")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +39,69 @@ def no_console_errors(page):
     assert page.console_errors == [], page.console_errors
 
 
+def test_a_new_user_meets_a_chosen_image_and_can_compare_at_once(page, server, shots):
+    caption = "test image 0, true label Boot (9) (default)"
+    assert page.inner_text("#current-caption") == caption  # chosen before the page says it is ready
+    assert page.locator("#gallery button[data-index='0']").get_attribute("aria-pressed") == "true"
+    png = np.asarray(Image.open(io.BytesIO(server.http.get("/datasets/fashion-mnist/test/0.png").content)))
+    page.click("#tab-compare")
+    assert page.inner_text("#compare-caption") == caption
+    for canvas in ("current", "compare-image"):  # the boot itself, pixel for pixel (not a black square)
+        assert page.evaluate(CANVAS_RED, canvas) == png.flatten().tolist(), canvas
+    page.fill("#cmp-p-params-eps", "0.1")
+    page.click("#compare-run")
+    for model in ("fmnist-dfz", "fmnist-gfz"):
+        card = page.locator(f".card[data-model='{model}']")
+        card.locator(".outcome").wait_for()
+        assert card.locator(".outcome").inner_text() in ("Fooled", "Not fooled", "Already misclassified")
+        assert re.search(rf": ({'|'.join(FASHION)}) \(\d\) → ({'|'.join(FASHION)}) \(\d\)", card.inner_text())
+        assert re.search(r"‖η‖₂ = [\d.]+ · ‖η‖∞ = 0.100", card.inner_text())
+        assert card.locator("canvas").count() == 2  # adversarial, perturbation
+    assert page.locator("#compare-error").is_hidden()
+    page.screenshot(path=shots / "0-new-user-compare.png", full_page=True)
+    page.click("#tab-jobs")
+    page.locator("#jobs-table").wait_for()
+    assert page.locator("#jobs-error").is_hidden()
+    structure = page.locator("#train-config-structure")  # the schema's enum, required: nothing chosen yet
+    assert structure.evaluate("e => e.tagName") == "SELECT"
+    assert structure.locator("option").evaluate_all("os => os.map(o => o.value)") == ["", *STRUCTURES]
+    assert structure.input_value() == ""
+    assert page.locator("label[for=train-config-structure]").inner_text() == "Structure"
+    assert page.input_value("#train-replicates") == "1"
+    assert page.get_attribute("#train-replicates", "type") == "number"
+    page.click("#tab-play")
+
+
+def test_without_the_dataset_the_page_says_why(browser, server):
+    """Dataset files missing (the gallery answers 404): no default image, and the tools say to pick one."""
+    detail = "dataset 'fashion-mnist' is not in the data dir /nowhere"
+    asked: list[str] = []
+
+    def missing(route):
+        asked.append(route.request.url)
+        route.fulfill(status=404, content_type="application/json", body=json.dumps({"detail": detail}))
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.route("**/datasets/**", missing)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.goto(server.url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.inner_text("#gallery-error") == f"Error 404: {detail}"
+    assert page.inner_text("#current-caption") == "No image selected."
+    assert [u.split("?")[0].removeprefix(server.url) for u in asked] == ["/datasets/fashion-mnist/test"]  # no PNG
+    page.click("#tab-compare")
+    page.click("#compare-run")
+    assert page.inner_text("#compare-error") == "Pick an image first (gallery, upload or drawing)."
+    page.click("#tab-jobs")
+    page.locator("#jobs-table").wait_for()
+    assert page.locator("#jobs-error").is_hidden()
+    assert all("404" in e for e in errors) and len(errors) <= 1, errors  # the gallery's own 404, logged
+    context.close()
+
+
 def test_load_pick_gfz_and_gallery_image(page, shots):
     options = page.locator("#model option").all_inner_texts()
     assert any(o.startswith("fmnist-gfz — GFZ, generative, test acc 0.85") for o in options), options
@@ -38,7 +110,7 @@ def test_load_pick_gfz_and_gallery_image(page, shots):
     page.locator("#gallery button").nth(0).click()
     # the caption follows the image's fetch: wait for it (the first test of a cold CI run lost this race)
     page.wait_for_function("document.getElementById('current-caption').textContent"
-                           ".includes('test image 0, true label Boot (9)')")
+                           " === 'test image 0, true label Boot (9)'")
     page.screenshot(path=shots / "1-gallery.png", full_page=True)
 
 
@@ -152,6 +224,22 @@ def test_study_links_to_its_report(page, server, shots):
     job_id = row.get_attribute("data-job")
     link = page.locator("#job-detail a", has_text="report.html")
     assert link.get_attribute("href") == f"/jobs/{job_id}/report/report.html"
+    # the answer, tables and figures on the page itself, from the job record and the study's results.json
+    result = server.http.get(f"/jobs/{job_id}").json()["result"]
+    results = server.http.get(f"/jobs/{job_id}/report/results.json").json()
+    detail = page.locator("#job-detail")
+    assert detail.locator(".study-answer").inner_text() == result["answer"]["answer"]
+    captions = detail.locator("table.study caption").all_inner_texts()
+    assert [c for c in captions if c != "Paired comparisons"] == [t["title"] for t in result["tables"].values()]
+    first = next(iter(result["tables"].values()))
+    assert detail.locator("table.study").first.locator("tbody tr").count() == len(first["rows"])
+    files = [f["file"] for f in results["figures"] if "question" in f] + [e["file"] for e in results["examples"].values()]
+    files += [f["file"] for f in results["figures"] if "model" in f]
+    assert len(files) >= 2
+    page.wait_for_function("n => { const im = [...document.querySelectorAll('#job-detail .figures img')];"
+                           " return im.length === n && im.every(i => i.complete && i.naturalWidth > 0); }", arg=len(files))
+    srcs = detail.locator(".figures img").evaluate_all("im => im.map(i => i.getAttribute('src'))")
+    assert srcs == [f"/jobs/{job_id}/report/{f}" for f in files]
     page.screenshot(path=shots / "6-study.png", full_page=True)
     report = page.context.new_page()
     report.on("console", lambda m: m.type == "error" and page.console_errors.append(f"report: {m.text}"))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from app.api.routes import errors
 from genrobust.data import CLASS_NAMES, DATASETS, Data, load
-from genrobust.settings import get_settings
+from worker.settings import get_service_settings as get_settings
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
