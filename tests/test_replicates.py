@@ -114,44 +114,39 @@ def test_cli_trains_a_set_and_models_lists_it(env, capsys):
     assert "another recipe (epochs: 2 vs 1" in capsys.readouterr().err
 
 
-def _scripted_validation(monkeypatch, values):
-    """Per-epoch validation accuracies in turn (K = 10 evaluations for the card stay real)."""
-    real, seq = training_mod.accuracy, iter(values)
-
-    def fake(model, images, labels, samples, seed=0, **kw):
-        if samples == CARD_K:
-            return real(model, images[:50], labels[:50], samples, seed, **kw)
-        return {"accuracy": next(seq)}
-
-    monkeypatch.setattr(training_mod, "accuracy", fake)
-
-
-CARD_K = training_mod.CARD_SAMPLES
+def _scripted_matching(monkeypatch, values):
+    """The validation accuracies at the card's K that decide the matched checkpoint, in turn."""
+    seq = iter(values)
+    monkeypatch.setattr(Trainer, "matched_validation", lambda self, val: {"accuracy": next(seq), "n": 200, "samples": 10})
 
 
 def test_the_matched_checkpoint_is_the_first_epoch_that_reaches_the_value(env, monkeypatch):
-    _scripted_validation(monkeypatch, [0.2, 0.5, 0.4, 0.7])
+    _scripted_matching(monkeypatch, [0.2, 0.5])  # asked only until the target is reached
     cfg = CFG.model_copy(update={"epochs": 4, "keep_at": 0.45})
     card = Trainer(TINY_CONFIG, cfg, "run", progress=False).fit()
-    assert card["best_epoch"] == 4
     m = ModelStore().card(matched_name("run", 0.45))
-    assert m["name"] == "run-at0.45" and m["status"] == "trained" and "test_accuracy" in m
-    assert m["matched"]["of"] == "run" and m["matched"]["epoch"] == 2 and m["matched"]["val_accuracy"] == 0.5
+    assert m["name"] == "run-at0.45" and m["status"] == "trained"
+    assert m["validation_accuracy"]["accuracy"] == 0.5 and m["test_accuracy"]["n"] == 50  # measured when saved
+    assert m["matched"]["of"] == "run" and m["matched"]["epoch"] == 2 and m["matched"]["val_samples"] == 10
     assert m["epochs"] == 2 and [h["epoch"] for h in m["history"]] == [1, 2]
-    # its weights are those after epoch 2: a constant-lr run of 2 epochs ends there
-    _scripted_validation(monkeypatch, [0.2, 0.5])
+    assert [h.get("val_accuracy_card_k") for h in card["history"]] == [0.2, 0.5, None, None]
+    # its weights are those after epoch 2: a constant-lr run of 2 epochs ends there (made its best epoch)
+    real, rising = training_mod.accuracy, iter([0.1, 0.2])
+    monkeypatch.setattr(training_mod, "accuracy", lambda model, images, labels, samples, *a, **kw: (
+        {"accuracy": next(rising)} if samples == 1 else real(model, images, labels, samples, *a, **kw)))
     Trainer(TINY_CONFIG, CFG, "two", progress=False).fit()
+    monkeypatch.setattr(training_mod, "accuracy", real)
     assert all(torch.equal(v, _weights("two")[k]) for k, v in _weights("run-at0.45").items())
     # not a replicate of anything
     assert all("run-at0.45" not in [c["name"] for c in s.members] for s in replicate_sets())
 
-    _scripted_validation(monkeypatch, [0.2, 0.3])
+    _scripted_matching(monkeypatch, [0.2, 0.3])
     card = Trainer(TINY_CONFIG, CFG.model_copy(update={"keep_at": 0.9}), "never", progress=False).fit()
     assert card["matched"]["epoch"] is None and not ModelStore().exists("never-at0.9")
 
 
 def test_the_matched_checkpoint_survives_a_resume(env, monkeypatch):
-    _scripted_validation(monkeypatch, [0.6, 0.7])
+    _scripted_matching(monkeypatch, [0.6])
     cfg = CFG.model_copy(update={"epochs": 3, "keep_at": 0.5})
     real_epoch = Trainer._epoch
     monkeypatch.setattr(Trainer, "_epoch", lambda self, train, e: (_ for _ in ()).throw(KeyboardInterrupt)
@@ -159,8 +154,9 @@ def test_the_matched_checkpoint_survives_a_resume(env, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         Trainer(TINY_CONFIG, cfg, "r", progress=False).fit()
     before = _weights("r-at0.5")
+    assert ModelStore().card("r-at0.5")["matched"]["epoch"] == 1
     monkeypatch.setattr(Trainer, "_epoch", real_epoch)
-    _scripted_validation(monkeypatch, [0.9])
+    _scripted_matching(monkeypatch, [])  # the resumed run never measures again: it was reached
     Trainer(TINY_CONFIG, cfg, "r", progress=False).fit()
     m = ModelStore().card("r-at0.5")
     assert m["matched"]["epoch"] == 1 and "test_accuracy" in m
