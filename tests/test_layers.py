@@ -73,11 +73,10 @@ def test_the_service_layer_never_imports_the_api():
     assert offenders == {}
 
 
-def test_importing_the_service_configures_no_celery(tmp_path):
+def test_the_inline_compute_and_job_records_import_no_celery(tmp_path):
     code = ("import sys, worker, worker.jobs, worker.calls, worker.runtime, worker.settings, app.schemas; "
             "assert 'celery' not in sys.modules, 'celery imported'; "
-            "import worker.celery as c; assert not c._configured, 'configured at import'; "
-            "c.ensure_configured(); assert c._configured and c.app.conf.task_default_queue == 'genrobust'; print('ok')")
+            "import worker.celery as c; assert c.app.conf.task_default_queue == 'genrobust'; print('ok')")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENROBUST_")} | {"GENROBUST_DATA_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,4 +1,4 @@
 """The service layer under the API: job records, the inline compute and the Celery workers for long jobs
-(training, sweeps, the study), all thin wrappers over the ``genrobust`` package. Importing it configures
-nothing: the Celery app lives in ``worker.celery`` (``celery -A worker worker`` finds it there) and is
-configured when the API starts, when a worker starts, or when a job is first sent."""
+(training, sweeps, the study), all thin wrappers over the ``genrobust`` package. Importing it (or the job
+records, the inline compute, the settings) imports no Celery: the Celery app lives in ``worker.celery``
+(``celery -A worker worker`` finds it there), configured when the worker, the API or job submission loads it."""

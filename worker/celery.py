@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from celery import Celery, signals
+from celery import Celery
 
 from worker.settings import ServiceSettings as Settings, get_service_settings as get_settings
 
@@ -82,6 +82,8 @@ def ensure_configured() -> Celery:
     return app if _configured else configure()
 
 
-@signals.celeryd_init.connect
-def _configure_worker(**_) -> None:  # `celery -A worker worker` and the embedded worker, before they connect
-    configure()
+# Configured when this module is imported, which only the worker (`celery -A worker worker` finds the app
+# here), the embedded worker and job submission do: the broker's transport options (the visibility timeout
+# that re-delivers a dead worker's task) must be set before the worker builds its connection, which a
+# configuration at `celeryd_init` was too late for. Importing worker.jobs, calls or runtime imports no Celery.
+configure()
