@@ -42,28 +42,26 @@ def test_importing_the_library_loads_no_service_module():
     assert out.stdout.strip() == "[]"
 
 
-def test_serve_without_the_service_extra_exits_2_with_the_install_line(monkeypatch, capsys):
+def _app_main_raises(monkeypatch, exc: ImportError) -> None:
+    """`from app.main import serve` fails with ``exc``, as when a dependency is missing or the code is broken."""
     real_import = __builtins__["__import__"] if isinstance(__builtins__, dict) else __builtins__.__import__
 
-    def no_fastapi(name, *args, **kw):
+    def failing(name, *args, **kw):
         if name == "app.main":
-            raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
+            raise exc
         return real_import(name, *args, **kw)
 
-    monkeypatch.setattr("builtins.__import__", no_fastapi)
+    monkeypatch.setattr("builtins.__import__", failing)
+
+
+def test_serve_without_the_service_extra_exits_2_with_the_install_line(monkeypatch, capsys):
+    _app_main_raises(monkeypatch, ModuleNotFoundError("No module named 'fastapi'", name="fastapi"))
     assert cli.main(["serve"]) == 2
     assert "pip install 'genrobust[service]'" in capsys.readouterr().err
 
 
 def test_an_unrelated_import_error_in_the_service_is_not_hidden(monkeypatch):
-    real_import = __builtins__["__import__"] if isinstance(__builtins__, dict) else __builtins__.__import__
-
-    def broken(name, *args, **kw):
-        if name == "app.main":
-            raise ModuleNotFoundError("No module named 'app.typo'", name="app.typo")
-        return real_import(name, *args, **kw)
-
-    monkeypatch.setattr("builtins.__import__", broken)
+    _app_main_raises(monkeypatch, ModuleNotFoundError("No module named 'app.typo'", name="app.typo"))
     with pytest.raises(ModuleNotFoundError, match="app.typo"):
         cli.main(["serve"])
 
