@@ -120,11 +120,6 @@ class ReplicateSet:
             out |= {"sd": sd, "low": out["mean"] - half, "high": out["mean"] + half}
         return out
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "structure": self.structure, "recipe": self.recipe, "seeds": self.seeds,
-                "models": [c["name"] for c in self.members], "shipped_seed0": self.shipped_seed0,
-                "test_accuracy": self.test_accuracy()}
-
 
 def replicate_sets(store: ModelStore | None = None) -> list[ReplicateSet]:
     """Every recipe in the store with its models (a set of one is a model without replicates yet)."""

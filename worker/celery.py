@@ -16,7 +16,6 @@ from worker.settings import ServiceSettings as Settings, get_service_settings as
 
 
 app = Celery("genrobust", include=["worker.tasks"])
-_configured = False
 
 
 def service_dir(settings: Settings) -> Path:
@@ -45,8 +44,6 @@ def configure(settings: Settings | None = None) -> Celery:
         broker, backend = embedded_urls(s)
         # kombu hands these to create_engine: wait on a locked SQLite file instead of failing
         transport, backend_options = {"connect_args": {"timeout": 30}}, {}
-    global _configured
-    _configured = True
     changed = (app.conf.broker_url, app.conf.result_backend) != (broker, backend)
     app.conf.update(
         broker_url=broker, result_backend=backend,
@@ -75,11 +72,6 @@ def configure(settings: Settings | None = None) -> Celery:
             app.__dict__["amqp"]._producer_pool = None
     return app
 
-
-
-def ensure_configured() -> Celery:
-    """Configure from the settings unless done already (the API and workers configure at start)."""
-    return app if _configured else configure()
 
 
 # Configured when this module is imported, which only the worker (`celery -A worker worker` finds the app

@@ -15,7 +15,7 @@ from genrobust.device import resolve_device
 from genrobust.robustness import chunk_bounds, default_chunk_size
 from worker.settings import get_service_settings as get_settings
 from worker import tasks
-from worker.celery import app, ensure_configured
+from worker.celery import app
 from worker.jobs import JobRecord, job_store
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,6 @@ class BrokerUnavailable(RuntimeError):
 
 
 def _enqueue(job: JobRecord, send) -> JobRecord:
-    ensure_configured()
     try:
         send()
     except Exception as exc:  # connection refused, timeouts: kombu/redis/sqlalchemy raise their own types
@@ -99,7 +98,6 @@ def cancel(job_id: str) -> bool:
         return False
     ids = store.task_ids(job_id)
     if ids and get_settings().redis_url:
-        ensure_configured()
         try:
             app.control.revoke(ids, terminate=True, signal="SIGTERM")
         except Exception as exc:  # the record says cancelled; tasks will stop at their next check
