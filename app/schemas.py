@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, WithJsonSchema, create_model, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, ValidationError, WithJsonSchema, create_model,
+                      model_validator)
 
 from genrobust.attacks import ATTACKS
 from genrobust.data import NUM_CLASSES
 from genrobust.detection import DETECTORS
+from genrobust.errors import GenrobustError, validation_message
 from genrobust.models import ModelConfig
 from genrobust.store import NAME_RE
 from genrobust.replicates import REPLICATES_MAX
+from genrobust.study import StudyConfig
 from genrobust.training import TrainConfig
 from genrobust import fields
 from worker.jobs import State
@@ -184,6 +187,30 @@ class SweepRequest(BaseModel):
                                           "genrobust.study.StudyConfig (preset, limits, clean_limit, fpr, fit_limit, "
                                           "adaptive, adaptive_params, curves, curve_eps, eval_draws, chunk_size), "
                                           "validated by it.")
+
+    def study_config(self) -> dict[str, Any]:
+        """With ``study``: the study job's config, this request's fields in StudyConfig's names (validated by it
+        now, so a bad one is a 4xx and not a failed job). The study takes one parameter set per attack."""
+        names = [a.attack for a in self.attacks]
+        if len(set(names)) < len(names):
+            raise GenrobustError("study: each attack at most once (the study runs one parameter set per attack; "
+                                 "use a plain sweep to compare parameter sets)")
+        if "out" in self.study_options:
+            raise GenrobustError("study_options.out: the service chooses the output folder (under the data dir)")
+        config = {**self.study_options, "models": self.models, "attacks": names,
+                  "params": {a.attack: a.params.model_dump(mode="json") for a in self.attacks},
+                  **self.model_dump(mode="json", include={"limit", "seed", "eval_samples"})}
+        try:
+            StudyConfig(**config, out=".")
+        except ValidationError as exc:
+            raise GenrobustError(f"study: {validation_message(exc)}") from None
+        return config
+
+    def sweep_config(self) -> dict[str, Any]:
+        """Without ``study``: the sweep job's config is the request itself."""
+        if self.study_options:
+            raise GenrobustError("study_options only apply with study: true")
+        return self.model_dump(mode="json", exclude={"study", "study_options"})
 
 
 

@@ -38,9 +38,15 @@ def megabytes(dists) -> float:
     return total / 2**20
 
 
-reqs = md.requires("genrobust") or []
-core = closure([r for r in reqs if "extra ==" not in r])
-service = closure([r.split(";")[0] for r in reqs if 'extra == "service"' in r])
-added = {k: v for k, v in service.items() if k not in core}
-print(f"pip install genrobust: {len(core)} distributions, {megabytes(core.values()):,.0f} MB")
-print(f"genrobust[service] adds: {len(added)} distributions, {megabytes(added.values()):,.1f} MB: {', '.join(sorted(added))}")
+def main() -> None:
+    reqs = md.requires("genrobust") or []
+    core = closure([r for r in reqs if "extra ==" not in r])
+    service = closure([r.split(";")[0] for r in reqs if 'extra == "service"' in r])
+    added = {k: v for k, v in service.items() if k not in core}
+    print(f"pip install genrobust: {len(core)} distributions, {megabytes(core.values()):,.0f} MB")
+    print(f"genrobust[service] adds: {len(added)} distributions, {megabytes(added.values()):,.1f} MB: "
+          f"{', '.join(sorted(added))}")
+
+
+if __name__ == "__main__":
+    main()

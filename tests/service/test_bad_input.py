@@ -87,6 +87,8 @@ CASES = [
                      "study_options": {"fpr": 2}}, 422, "study: fpr"),
     ("/jobs/sweep", {"models": ["tiny-gfz"], "attacks": [{"attack": "fgsm"}], "study": True,
                      "study_options": {"out": "/etc"}}, 422, "output folder"),
+    ("/jobs/sweep", {"models": ["tiny-gfz"], "study": True,
+                     "attacks": [{"attack": "fgsm"}, {"attack": "fgsm", "params": {"eps": 0.3}}]}, 422, "at most once"),
 ]
 
 

@@ -2,13 +2,11 @@ import re
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from app.api.deps import ApiKey, JobsDep, known_model
 from app.api.routes import errors
 from app.schemas import JobAccepted, SweepRequest, TrainRequest
-from genrobust.errors import GenrobustError, validation_message
-from genrobust.study import StudyConfig
+from genrobust.errors import GenrobustError
 from genrobust.replicates import plan_replicates
 from genrobust.training import default_name
 from worker import runtime, submit
@@ -56,19 +54,8 @@ def sweep(req: SweepRequest):
     for m in req.models:
         known_model(m)
     if req.study:
-        if "out" in req.study_options:
-            raise GenrobustError("study_options.out: the service chooses the output folder (under the data dir)")
-        request = {**req.study_options, "models": req.models, "attacks": [a.attack for a in req.attacks],
-                   "params": {a.attack: a.params.model_dump(mode="json") for a in req.attacks},
-                   "limit": req.limit, "seed": req.seed, "eval_samples": req.eval_samples}
-        try:  # validate now rather than fail in the worker
-            StudyConfig(**request, out=".")
-        except ValidationError as exc:
-            raise GenrobustError(f"study: {validation_message(exc)}") from None
-        return _accepted(submit.study(request))
-    if req.study_options:
-        raise GenrobustError("study_options only apply with study: true")
-    return _accepted(submit.sweep(req.model_dump(mode="json", exclude={"study", "study_options"})))
+        return _accepted(submit.study(req.study_config()))
+    return _accepted(submit.sweep(req.sweep_config()))
 
 
 @router.get("", response_model=list[JobRecord], responses=errors(422, 503))
