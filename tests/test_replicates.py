@@ -93,7 +93,9 @@ def test_a_set_whose_recipes_differ_is_refused(env):
     # a shipped model is seed 0 of its recipe: another recipe under its name is refused, its own is used
     with pytest.raises(GenrobustError, match="the shipped model 'fmnist-gfz' was trained with another recipe"):
         plan_replicates(ModelConfig(structure="GFZ"), TrainConfig(), 3)
-    plan = plan_replicates(ModelConfig(structure="GFZ"), TrainConfig(epochs=40, schedule="cosine"), 3)
+    card = ModelStore().card("fmnist-gfz")  # the shipped recipe, read from its card
+    shipped_training = {k: v for k, v in card["training"].items() if k in TrainConfig.model_fields}
+    plan = plan_replicates(ModelConfig(**card["config"]), TrainConfig(**shipped_training), 3)
     assert [(n, c is not None) for n, _, c in plan] == [("fmnist-gfz", True), ("fmnist-gfz-s1", False),
                                                         ("fmnist-gfz-s2", False)]
     (gfz,) = [s for s in replicate_sets() if s.name == "fmnist-gfz"]

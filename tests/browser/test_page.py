@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from genrobust.store import ModelStore
 from tests.browser.conftest import new_page
 
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
@@ -104,7 +105,10 @@ def test_without_the_dataset_the_page_says_why(browser, server):
 
 def test_load_pick_gfz_and_gallery_image(page, shots):
     options = page.locator("#model option").all_inner_texts()
-    assert any(o.startswith("fmnist-gfz — GFZ, generative, test acc 0.85") for o in options), options
+    shipped = ModelStore().card("fmnist-gfz")["test_accuracy"]["accuracy"]  # the page shows the card's
+    prefix = "fmnist-gfz — GFZ, generative, test acc "
+    shown = [float(o[len(prefix):].split()[0].rstrip(",;)")) for o in options if o.startswith(prefix)]
+    assert len(shown) == 1 and abs(shown[0] - shipped) < 0.001, options
     page.select_option("#model", "fmnist-gfz")
     page.wait_for_selector("#gallery button >> nth=23")
     page.locator("#gallery button").nth(0).click()

@@ -74,8 +74,8 @@ CASES = [
     ("/jobs/train", {"config": {"structure": "gfz"}, "training": {"dataset": "cifar"}}, 422, "unknown dataset"),
     ("/jobs/train", {"config": {"structure": "gfz"}, "name": "../x"}, 422, "name"),
     ("/jobs/train", {"config": {"structure": "gfz"}, "replicates": 0}, 422, "replicates"),
-    # the shipped fmnist-gfz is seed 0 of a 40-epoch cosine recipe: a set of the default recipe would shadow it
-    ("/jobs/train", {"config": {"structure": "gfz"}, "replicates": 3}, 409, "another recipe (epochs: 20 vs 40"),
+    # the shipped fmnist-gfz is seed 0 of its own recipe: a set of the default recipe would shadow it
+    ("/jobs/train", {"config": {"structure": "gfz"}, "replicates": 3}, 409, "epochs: 20 vs 40"),
     ("/jobs/sweep", {"models": ["nope"], "attacks": [{"attack": "fgsm"}]}, 422, "unknown model"),
     ("/jobs/sweep", {"models": ["tiny-gfz"], "attacks": [{"attack": "zzz"}]}, 422, "unknown attack"),
     ("/jobs/sweep", {"models": ["tiny-gfz"], "attacks": [{"attack": "pgd", "params": {"steps": 0}}]}, 422, "steps"),
