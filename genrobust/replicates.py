@@ -85,6 +85,9 @@ class ReplicateSet:
     recipe: dict[str, Any]
     members: list[dict[str, Any]] = field(default_factory=list)  # cards, sorted by seed
     shipped: set[str] = field(default_factory=set)  # names of members shipped with the package
+    # stored models of the same recipe and seed as a member (e.g. a trial run later shipped under another
+    # name): the same weights, so counting them would shrink the interval with no new training run
+    duplicates: list[str] = field(default_factory=list)
 
     @property
     def structure(self) -> str:
@@ -104,7 +107,7 @@ class ReplicateSet:
 
     @property
     def shipped_seed0(self) -> str | None:
-        """The shipped model that is this set's seed 0 (trained before the seeding module), if any."""
+        """The shipped model that is this set's seed 0, if any."""
         return next((c["name"] for c in self.members if card_seed(c) == 0 and c["name"] in self.shipped), None)
 
     def test_accuracy(self, confidence: float = 0.95) -> dict[str, Any]:
@@ -137,7 +140,15 @@ def replicate_sets(store: ModelStore | None = None) -> list[ReplicateSet]:
         if store.is_shipped(card["name"]):
             s.shipped.add(card["name"])
     for s in groups.values():
-        s.members.sort(key=lambda c: (card_seed(c), c["name"]))
+        # one model per seed: the shipped one first, then the shorter (canonical) name
+        s.members.sort(key=lambda c: (card_seed(c), c["name"] not in s.shipped, len(c["name"]), c["name"]))
+        kept: dict[int, dict[str, Any]] = {}
+        for c in s.members:
+            if card_seed(c) in kept:
+                s.duplicates.append(c["name"])
+            else:
+                kept[card_seed(c)] = c
+        s.members = list(kept.values())
     return sorted(groups.values(), key=lambda s: s.name)
 
 
@@ -228,8 +239,11 @@ def format_sets(sets: list[ReplicateSet]) -> list[str]:
                    f"{a['n']} seeds), SD {a['sd']:.4f}")
         else:
             acc = f"{a['n']} of {len(s.members)} seeds trained"
-        note = (f"; seed 0 is the shipped {s.shipped_seed0} (trained before the seeding module)"
-                if s.shipped_seed0 else "")
+        shipped = next((c for c in s.members if c["name"] == s.shipped_seed0), None)
+        note = "" if shipped is None else f"; seed 0 is the shipped {shipped['name']}" + (
+            " (trained before the seeding module)" if "seeding" in shipped else "")
+        if s.duplicates:
+            note += f"; not counted, the same recipe and seed as a member: {', '.join(s.duplicates)}"
         lines.append(f"{s.name:<22}{s.structure:<10}seeds {','.join(map(str, s.seeds)):<10}{acc}{note}")
     return lines
 
