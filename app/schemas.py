@@ -213,7 +213,6 @@ class SweepRequest(BaseModel):
         return self.model_dump(mode="json", exclude={"study", "study_options"})
 
 
-
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     mode: Literal["embedded", "redis"]

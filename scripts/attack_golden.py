@@ -30,9 +30,9 @@ GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "attack_golden
 def machine() -> str:
     """What the rounding of a float reduction depends on: the CPU model and the torch build."""
     import platform
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
+    info = Path("/proc/cpuinfo")  # Linux; platform.processor() is often empty there
+    lines = info.read_text().splitlines() if info.exists() else []
+    cpu = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), platform.processor())
     return f"{cpu} | torch {torch.__version__}"
 
 

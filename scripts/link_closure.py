@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 sys.path.insert(0, str(Path(__file__).parent))
 from extra_sizes import closure  # noqa: E402
 
+# the service stack that must stay out (not all of [service]: pillow is also torchvision's requirement)
 SERVICE = {"fastapi", "starlette", "uvicorn", "celery", "kombu", "sqlalchemy", "redis"}
 
 
