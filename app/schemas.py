@@ -185,7 +185,8 @@ class SweepRequest(BaseModel):
                                            "eval_samples, limit capping every image count, instead of a plain sweep.")
     study_options: dict[str, Any] = Field(default_factory=dict, description="With study: further fields of "
                                           "genrobust.study.StudyConfig (preset, limits, clean_limit, fpr, fit_limit, "
-                                          "adaptive, adaptive_params, curves, curve_eps, eval_draws, chunk_size), "
+                                          "adaptive, adaptive_params, curves, curve_eps, eval_draws, chunk_size; the "
+                                          "primary endpoint's primary, replicates, train_missing, matched; masking), "
                                           "validated by it.")
 
     def study_config(self) -> dict[str, Any]:

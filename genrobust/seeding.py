@@ -27,6 +27,7 @@ STREAMS = {
     "fit": 7,          # fitting and calibrating detectors: key (split,)
     "acceptance": 8,   # an attack's frozen robust-acceptance draws (one set per image for the whole attack)
     "part": 9,         # a part of an attack batch too large to hold its acceptance draws at once: key (part,)
+    "clean": 10,       # the clean images' majority of R fresh evaluations (the study's primary endpoint)
 }
 
 

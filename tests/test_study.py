@@ -11,7 +11,7 @@ import pytest
 from genrobust import data, robustness
 from genrobust.cli import main
 from genrobust.study import PRESETS, StudyConfig, reproduce
-from genrobust.study import runner
+from genrobust.study import chunks, runner
 from tests.conftest import tiny_model
 
 
@@ -26,6 +26,9 @@ class Images(HTMLParser):
 
 
 CURVE_PARAMS = {"pgd": {"steps": 2, "samples": 2}, "apgd": {"steps": 2, "samples": 2, "accept_draws": 2}}
+# the primary endpoint's ensemble at toy strength: every member runs, on a handful of images
+TINY_PRIMARY = {"restarts": 1, "steps": 2, "pgd_steps": 2, "pgd_eot": 1, "square_queries": 10, "transfer_eot": 1,
+                "curve_eps": [0.1], "l2_eps": 2.0}
 
 
 def config(out, **kw) -> StudyConfig:
@@ -36,7 +39,8 @@ def config(out, **kw) -> StudyConfig:
                           "params": {a: v for a, v in params.items() if a in used},
                           "limit": 6, "clean_limit": 30, "fit_limit": 60, "eval_samples": 2, "eval_draws": 3,
                           "out": out, "chunk_size": 4, "adaptive_params": {"steps": 2, "samples": 2},
-                          "curve_eps": {"linf": [0, 0.1, 0.3], "l2": [0, 2.0]}, **kw})
+                          "curve_eps": {"linf": [0, 0.1, 0.3], "l2": [0, 2.0]}, "replicates": 1, "masking": False,
+                          "primary": TINY_PRIMARY, **kw})
 
 
 def test_tiny_reproduce_writes_everything_and_resumes_from_cache(tiny_store, tmp_path, monkeypatch):
@@ -47,7 +51,9 @@ def test_tiny_reproduce_writes_everything_and_resumes_from_cache(tiny_store, tmp
     for f in ("report.md", "report.html", "results.json"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved["tables"]) == {f"table{i}" for i in range(1, 9)}  # table 9 (families) needs > 2 models
+    # the primary endpoint first, then the paper's tables (table 9, families, needs > 2 models)
+    assert list(saved["tables"])[:2] == ["primary", "effects"]
+    assert set(saved["tables"]) == {"primary", "effects"} | {f"table{i}" for i in range(1, 9)}
     for tab in saved["tables"].values():
         assert tab["rows"] and tab["verdict"] and all(len(r) == len(tab["columns"]) for r in tab["rows"])
         assert all(len(r) == len(tab["comparison_columns"]) for r in tab.get("comparisons", []))
@@ -60,11 +66,23 @@ def test_tiny_reproduce_writes_everything_and_resumes_from_cache(tiny_store, tmp
             assert e["estimates"]["robust_accuracy"]["n"] == 6
     # the study's pair is compared on every attack, Holm-corrected, each with a verdict
     rows = saved["analysis"]["tables"]["success"]
-    assert {r["what"] for r in rows} == {f"{k}:{a}" for k in ("robust_accuracy", "success_rate")
+    assert {(r["metric"], r["attack"]) for r in rows} == {(k, a) for k in ("robust_accuracy", "success_rate")
                                          for a in ("fgsm", "deepfool")}
     assert all([r["a"], r["b"]] == ["tiny-gfz", "tiny-dfz"] for r in rows)
     assert all(r["verdict"].startswith(("holds", "reversed", "not distinguishable", "not testable")) for r in rows)
     assert saved["tables"]["table3"]["comparisons"]
+    # the primary endpoint: every model on the same images, nested budgets, the effect and its family
+    pr = saved["primary"]
+    assert set(pr["models"]) == {"tiny-dfz", "tiny-gfz"}
+    for r in pr["models"].values():
+        assert r["n"] == 6 and [lv["eps"] for lv in r["linf"]] == [0.03, 0.1] and r["l2"]["eps"] == 2.0
+        labels = [m["label"] for m in r["linf"][0]["members"]]
+        assert labels[:3] == ["autoattack-rand", "pgd-eot1", "square"] and labels[3].startswith("transfer from")
+        # robust needs a correct clean prediction, and a larger budget only removes robust images
+        assert not any(rb and not c for rb, c in zip(r["linf"][0]["robust"], r["clean_correct"]))
+        assert not any(b and not a for a, b in zip(r["linf"][0]["robust"], r["linf"][1]["robust"]))
+    assert pr["primary"]["key"] == "primary" and pr["primary"]["pairs"][0]["generative"] == "tiny-gfz"
+    assert [e["key"] for e in pr["secondary"]] == ["area", "linf-0.1", "l2-2", "all-correct"]
     # the answer opens the report, written from the results
     assert saved["answer"]["strength"] and "tiny-gfz" in saved["answer"]["answer"]
     md = (out / "report.md").read_text()
@@ -96,7 +114,7 @@ def test_tiny_reproduce_writes_everything_and_resumes_from_cache(tiny_store, tmp
     # second run: nothing is attacked again, the numbers are the same
     def no_attacks(*a, **k):
         raise AssertionError("run_attack called although the result is cached")
-    monkeypatch.setattr(runner, "run_attack", no_attacks)
+    monkeypatch.setattr(chunks, "run_attack", no_attacks)
     monkeypatch.setattr(robustness, "run_attack", no_attacks)
     again = reproduce(config(out), tiny_store)
     assert all(e["cached"] for m in again["attacks"].values() for e in m.values())
@@ -127,6 +145,10 @@ def test_reproduce_cli_errors_are_one_line(tiny_store, capsys, tmp_path):
     assert "unknown attack 'nope'" in capsys.readouterr().err
     assert main(["reproduce", "--models", "tiny-dfz", "--quick", "--preset", "gpu", "--out", str(tmp_path)]) == 2
     assert "contradict" in capsys.readouterr().err
+    assert main(["reproduce", "--models", "tiny-dfz", "--primary", "bogus=1", "--out", str(tmp_path)]) == 2
+    assert "primary.bogus" in capsys.readouterr().err
+    assert main(["reproduce", "--models", "tiny-dfz", "--primary", "eps=2", "--out", str(tmp_path)]) == 2
+    assert "primary.eps" in capsys.readouterr().err
 
 
 def test_an_interrupted_run_resumes_mid_attack_with_identical_results(tiny_store, tmp_path, monkeypatch):
@@ -134,23 +156,23 @@ def test_an_interrupted_run_resumes_mid_attack_with_identical_results(tiny_store
     whole = reproduce(config(tmp_path / "whole", **kw), tiny_store)
 
     calls = {"n": 0}
-    real = runner.run_attack
+    real = chunks.run_attack
 
     def dies_on_the_third_chunk(*a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(runner, "run_attack", dies_on_the_third_chunk)
+    monkeypatch.setattr(chunks, "run_attack", dies_on_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         reproduce(config(tmp_path / "cut", **kw), tiny_store)
-    chunks = sorted((tmp_path / "cut" / "cache" / "tiny-dfz").glob("deepfool-*/*.json"))
-    assert len(chunks) == 2  # the first two chunks of three are on disk
+    done = sorted((tmp_path / "cut" / "cache" / "tiny-dfz").glob("deepfool-*/*.json"))
+    assert len(done) == 2  # the first two chunks of three are on disk
 
     ran = []
-    monkeypatch.setattr(runner, "run_attack", lambda *a, **k: ran.append(1) or real(*a, **k))
+    monkeypatch.setattr(chunks, "run_attack", lambda *a, **k: ran.append(a[1].name) or real(*a, **k))
     resumed = reproduce(config(tmp_path / "cut", **kw), tiny_store)
-    assert len(ran) == 1 + 3  # tiny-dfz's last chunk, then all of tiny-gfz
+    assert ran.count("deepfool") == 1 + 3  # tiny-dfz's last chunk, then all of tiny-gfz
     for m in whole["attacks"]:
         a, b = whole["attacks"][m]["deepfool"], resumed["attacks"][m]["deepfool"]
         for key in ("success", "p_misclassified", "l2", "pred_after"):
@@ -192,7 +214,9 @@ def test_all_structures_get_a_family_table(tiny_store, tmp_path):
     assert set(metrics) == {"robust_accuracy", "median_l2", "auc"}
     assert set(metrics["robust_accuracy"]["discriminative"]) == {"tiny-dfz", "tiny-dfx"}
     assert set(metrics["auc"]["discriminative"]) == {"tiny-dfz"}  # DFX has no density, so no detector
-    assert all(r[-1].startswith(("holds", "reversed", "not distinguishable", "not testable")) for r in fam["rows"])
+    assert all(r[-1].startswith(("holds", "reversed", "not distinguishable", "not testable", "descriptive"))
+               for r in fam["rows"])
+    assert metrics["auc"]["p"] is None and metrics["auc"]["verdict"].startswith(("descriptive", "not testable"))
     dfx = results["attacks"]["tiny-dfx"]["fgsm"]
     assert dfx["detection"] is None and results["models"]["tiny-dfx"]["detection_applicable"] is False
     # every pair is compared in results.json (generative minus discriminative), the study's pair first
@@ -213,3 +237,55 @@ def test_presets_and_per_attack_image_counts():
         StudyConfig(limits={"cw": 0})
     with pytest.raises(ValueError, match="curve_eps.linf"):
         StudyConfig(curve_eps={"linf": [0.1, 2.0]})
+
+
+def _replicate(store, name: str, structure: str, seed: int, matched: dict | None = None) -> None:
+    """A tiny model stored as seed ``seed`` of its set (the card records the seed, as `genrobust train` does)."""
+    m = tiny_model(structure, seed)
+    card = {"structure": structure, "kind": m.structure.kind, "logits_have_density": True,
+            "config": m.config.model_dump(mode="json"), "training": {"seed": seed}}
+    if matched:
+        card["matched"] = matched
+    store.save(name, m, card)
+
+
+def test_the_primary_endpoint_runs_on_replicates_and_the_matched_checkpoint(tiny_store, tmp_path):
+    for s in ("dfz", "gfz"):
+        _replicate(tiny_store, f"tiny-{s}-s1", s.upper(), 1)
+    _replicate(tiny_store, "tiny-dfz-s1-at0.5", "DFZ", 1, {"of": "tiny-dfz-s1", "target": 0.5, "epoch": 1})
+    with pytest.raises(Exception, match="tiny-dfz-s2"):  # a missing replicate is named, never silently skipped
+        reproduce(config(tmp_path / "x", attacks=["fgsm"], adaptive=False, curves=False, replicates=3,
+                         train_missing=False), tiny_store)
+    results = reproduce(config(tmp_path / "r", attacks=["fgsm"], adaptive=False, curves=False, replicates=2),
+                        tiny_store)
+    pr = results["primary"]
+    assert list(pr["models"]) == ["tiny-dfz", "tiny-dfz-s1", "tiny-gfz", "tiny-gfz-s1", "tiny-dfz-s1-at0.5"]
+    assert [(p["generative"], p["discriminative"]) for p in pr["primary"]["pairs"]] == [
+        ("tiny-gfz", "tiny-dfz"), ("tiny-gfz-s1", "tiny-dfz-s1")]
+    assert pr["primary"]["n_pairs"] == 2 and pr["primary"]["n_images"] == 6
+    matched = next(e for e in pr["secondary"] if e["key"] == "matched")
+    assert [(p["generative"], p["discriminative"]) for p in matched["pairs"]] == [("tiny-gfz-s1", "tiny-dfz-s1-at0.5")]
+    # transfers come from every model of the other kind
+    labels = [m["label"] for m in pr["models"]["tiny-gfz"]["linf"][0]["members"]]
+    assert {lb for lb in labels if lb.startswith("transfer")} <= {
+        "transfer from tiny-dfz", "transfer from tiny-dfz-s1", "transfer from tiny-dfz-s1-at0.5"}
+    # the secondary family is Holm-adjusted together; the primary alone
+    assert pr["primary"]["p_adjusted"] is None
+    assert results["answer"]["strength"] in ("strong", "weak", "reversed", "not distinguishable", "masking flagged")
+
+
+def test_results_json_round_trips_through_its_model_and_an_old_one_is_refused(tiny_store, tmp_path):
+    from genrobust.errors import GenrobustError
+    from genrobust.study.results import StudyResults, load_results
+
+    out = tmp_path / "r"
+    reproduce(config(out, attacks=["fgsm"], adaptive=False, curves=False), tiny_store)
+    loaded = load_results(out)
+    assert isinstance(loaded, StudyResults) and loaded.schema_version == 2
+    assert loaded.model_dump(mode="json") == json.loads((out / "results.json").read_text())
+    assert loaded.primary.primary is not None and loaded.answer.strength
+    old = json.loads((out / "results.json").read_text())
+    del old["schema_version"], old["primary"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(GenrobustError, match="schema 1.*reproduce"):
+        load_results(tmp_path / "old.json")

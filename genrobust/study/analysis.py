@@ -2,11 +2,13 @@
 
 Works on the per-image results the runner collects (plain lists, as in results.json) and returns plain
 dicts: the report only formats them. Comparisons are always generative minus discriminative model (or the
-later minus the earlier model of a pair of one kind), each table's rows Holm-corrected together.
+later minus the earlier model of a pair of one kind), each by the test fit for its data (``compare``), the
+rows of a table that have a p-value Holm-corrected together.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from itertools import product
 from typing import Any, Callable
 
@@ -16,10 +18,8 @@ from scipy import stats
 from genrobust import uncertainty as unc
 from genrobust.uncertainty import Comparison
 
-# Statistics of an attack entry's per-image lists, each a (values, weights) ratio or a masked median:
-#   success rate over correctly classified images, robust accuracy over all, P(misclassified) over correct,
-#   rho and median L2 over successful images. 'sign' is the direction the generative model is expected to
-#   take if it is the more robust one.
+# The metrics compared between models (paired_values: on which images, compare: by which test). 'sign' is the
+# direction the generative model is expected to take if it is the more robust one.
 METRICS: dict[str, dict[str, Any]] = {
     "success_rate": {"title": "success rate", "sign": -1},
     "robust_accuracy": {"title": "robust accuracy", "sign": +1},
@@ -43,30 +43,38 @@ def robust_flags(pi: dict) -> np.ndarray:
     return _arr(pi, "p_misclassified") < 0.5
 
 
-def statistic(pi: dict, metric: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The vectorised statistic of ``metric`` over resampled image indices of one entry."""
+RATES = ("robust_accuracy", "clean_accuracy", "success_rate", "detection_rate", "evasion_rate")
+
+
+def paired_values(pi: dict, metric: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """One entry's per-image values of ``metric`` (per chunk, for time) and the images they are defined on
+    (None: all): flags for a rate, values for a mean, and for median L2 the minimal norms over the correctly
+    classified images with +inf where the attack never fooled the image (censored, never dropped)."""
     correct = _arr(pi, "correct", bool)
     success = _arr(pi, "success", bool) if "success" in pi else None
-    if metric == "success_rate":
-        return unc.ratio_statistic(success, correct)
-    if metric == "robust_accuracy":
-        return unc.ratio_statistic(robust_flags(pi))
-    if metric == "misclassification_probability":
-        return unc.ratio_statistic(_arr(pi, "p_misclassified"), correct)
-    if metric == "robustness":
-        return unc.ratio_statistic(_arr(pi, "rel_l2"), success)
+    flagged = _arr(pi, "flagged", bool) if "flagged" in pi else None
+    return {"success_rate": lambda: (success, correct), "robust_accuracy": lambda: (robust_flags(pi), None),
+            "clean_accuracy": lambda: (correct, None), "detection_rate": lambda: (flagged, success),
+            "evasion_rate": lambda: (success & ~flagged, correct),
+            "misclassification_probability": lambda: (_arr(pi, "p_misclassified"), correct),
+            "robustness": lambda: (_arr(pi, "rel_l2"), success),
+            "median_l2": lambda: (np.where(success, _arr(pi, "l2"), np.inf), correct),
+            "seconds_per_image": lambda: (_arr(pi, "chunk_seconds") / _arr(pi, "chunk_images"), None)}[metric]()
+
+
+def _both(*masks: np.ndarray | None) -> np.ndarray | None:
+    """The images where every mask holds (None: no mask at all)."""
+    given = [np.asarray(m, bool) for m in masks if m is not None]
+    return np.logical_and.reduce(given) if given else None
+
+
+def statistic(pi: dict, metric: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The vectorised statistic of a descriptive comparison (median L2 censored as in ``paired_values``, the
+    AUC) over resampled image indices of one entry."""
     if metric == "median_l2":
-        return unc.median_statistic(_arr(pi, "l2"), success)
-    if metric == "detection_rate":
-        return unc.ratio_statistic(_arr(pi, "flagged", bool), success)
-    if metric == "evasion_rate":
-        return unc.ratio_statistic(success & ~_arr(pi, "flagged", bool), correct)
-    if metric == "clean_accuracy":
-        return unc.ratio_statistic(correct)
-    if metric == "seconds_per_image":  # per chunk: total seconds over total images
-        n, s = _arr(pi, "chunk_images"), _arr(pi, "chunk_seconds")
-        return unc.ratio_statistic(s / n, n)
+        return unc.median_statistic(*paired_values(pi, metric))
     if metric == "auc":  # clean image i against its successful adversarial, both resampled by image
+        success = _arr(pi, "success", bool)
         neg, pos = _arr(pi, "clean_suspicion"), _arr(pi, "suspicion")
 
         def auc(idx: np.ndarray) -> np.ndarray:
@@ -99,12 +107,23 @@ def index_key(pi: dict, metric: str) -> str:
 
 
 def compare(a: dict, b: dict, metric: str, seed: int = 0) -> Comparison:
-    """a minus b, paired over the images (chunks, for time) both entries share: the first min(n_a, n_b)."""
+    """a minus b, paired over the images (chunks, for time) both entries share, the first min(n_a, n_b), by the
+    test fit for the metric's data: a rate by the exact McNemar test over the images where both entries' masks
+    hold (success rate: both correct; detection rate: both fooled; n is their count); P(misclassified), rho and
+    median L2 (censored: an image never fooled is +inf) by the Wilcoxon signed-rank test over the shared masked
+    images; the seconds per image of each chunk by a sign-flip permutation test (not testable below
+    MIN_PAIRED chunks)."""
     key = index_key(a, metric)
     n = min(len(a[key]), len(b[key]))
     if n < len(a[key]) or n < len(b[key]):
         a, b = _head(a, n, key), _head(b, n, key)
-    return unc.paired(statistic(a, metric), statistic(b, metric), n, seed, vectorized=True)
+    (va, ma), (vb, mb) = paired_values(a, metric), paired_values(b, metric)
+    if metric in RATES:
+        return unc.mcnemar(va, vb, _both(ma, mb))
+    if metric == "seconds_per_image":
+        c = unc.paired_permutation(va, vb, seed)
+        return c if c.n >= unc.MIN_PAIRED else replace(c, p=None)
+    return unc.signed_rank(va, vb, _both(ma, mb), np.median if metric == "median_l2" else np.mean, seed)
 
 
 def _head(pi: dict, n: int, key: str) -> dict:
@@ -136,40 +155,59 @@ def primary_pair(models: dict[str, dict]) -> tuple[str, str] | None:
     return (gen[0], dis[0]) if gen and dis else None
 
 
-def comparison_rows(rows: list[tuple[str, str, str, Comparison]]) -> list[dict]:
-    """(what, A, B, comparison) rows of one table: Holm across them, then a verdict each."""
+def _key(metric: str, attack: str | None = None, norm: str | None = None, eps: float | None = None) -> dict:
+    """What a comparison row compares, as fields (metric, attack, and for a curve point its norm and eps)."""
+    return {"metric": metric, "attack": attack, "norm": norm, "eps": eps}
+
+
+def comparison_rows(rows: list[tuple[dict, str, str, Comparison]]) -> list[dict]:
+    """(what, A, B, comparison) rows of one table: Holm across those with a p-value, then a verdict each. The
+    discordant counts b and c are 'discordant_b' and 'discordant_c' here ('a' and 'b' name the models)."""
     adjusted = unc.holm([c for *_, c in rows])
     out = []
     for (what, a, b, _), c in zip(rows, adjusted):
-        metric = what.split(":")[0]
-        out.append({"what": what, "a": a, "b": b, **c.as_dict(), "expected_sign": METRICS[metric]["sign"],
-                    "verdict": unc.verdict(c, METRICS[metric]["sign"])})
+        sign = METRICS[what["metric"]]["sign"]
+        d = c.as_dict()
+        d["discordant_b"], d["discordant_c"] = d.pop("b"), d.pop("c")
+        out.append({**what, "a": a, "b": b, **d, "expected_sign": sign, "verdict": unc.verdict(c, sign)})
     return out
 
 
 def family(entries: dict[str, dict[str, Any]], kinds: dict[str, str], metric: str, seed: int = 0,
            n_resamples: int = unc.N_RESAMPLES) -> dict | None:
     """Generative against discriminative structures as groups: the mean over each group's models of a
-    metric, compared by one paired bootstrap over the images all of them share."""
+    metric, on the images all of them share. A rate is tested by the Wilcoxon signed-rank test of the per-image
+    difference of the group means of the flags (the image is the unit); median L2 and the AUC are descriptive:
+    a paired bootstrap interval of the difference of group means, no p."""
     gen = [m for m in entries if kinds[m] == "generative"]
     dis = [m for m in entries if kinds[m] != "generative"]
     if not gen or not dis:
         return None
     key = index_key(next(iter(entries.values())), metric)
     n = min(len(e[key]) for e in entries.values())
-    per_model = {m: statistic(_head(e, n, key), metric) for m, e in entries.items()}
+    heads = {m: _head(e, n, key) for m, e in entries.items()}
+    if metric in RATES:
+        values = {m: paired_values(h, metric) for m, h in heads.items()}
+        mask = _both(*(m for _, m in values.values()))
+        flags = {m: v.astype(float)[mask if mask is not None else slice(None)] for m, (v, _) in values.items()}
+        value = {m: f.mean() if len(f) else np.nan for m, f in flags.items()}
+        g, d = (np.mean([flags[m] for m in ms], axis=0) for ms in (gen, dis))
+        c = unc.signed_rank(g, d, statistic=np.mean, seed=seed, n_resamples=n_resamples)
+    else:
+        stat = {m: statistic(h, metric) for m, h in heads.items()}
+        value = {m: stat[m](np.arange(n)[None])[0] for m in entries}
 
-    def group(ms):
-        return lambda idx: np.mean([per_model[m](idx) for m in ms], axis=0)
+        def group(ms):
+            return lambda idx: np.mean([stat[m](idx) for m in ms], axis=0)
+        c = unc.paired(group(gen), group(dis), n, seed, n_resamples, vectorized=True)
+    return {"generative": {m: _finite(value[m]) for m in gen}, "discriminative": {m: _finite(value[m]) for m in dis},
+            "generative_mean": _finite(np.mean([value[m] for m in gen])),
+            "discriminative_mean": _finite(np.mean([value[m] for m in dis])), "n": n, **c.as_dict()}
 
-    everything = np.arange(n)[None]
-    c = unc.paired(group(gen), group(dis), n, seed, n_resamples, vectorized=True)
-    return {"generative": {m: float(per_model[m](everything)[0]) for m in gen},
-            "discriminative": {m: float(per_model[m](everything)[0]) for m in dis},
-            "generative_mean": float(group(gen)(everything)[0]),
-            "discriminative_mean": float(group(dis)(everything)[0]),
-            "n": n, **c.as_dict()}
 
+def _finite(v) -> float | None:
+    """A number for results.json: JSON has no infinity or NaN (a median beyond every measured norm)."""
+    return float(v) if v is not None and np.isfinite(v) else None
 
 
 # Which attack stands for each family-table column, first found in the run: the strongest bounded attack;
@@ -198,23 +236,23 @@ def analyse(results: dict, seed: int = 0) -> dict[str, Any]:
         ea, eb = results["attacks"][a], results["attacks"][b]
         t: dict[str, list] = {"accuracy": [], "runtime": [], "success": [], "perturbation": [], "detection": [],
                               "adaptive": []}
-        t["accuracy"].append(("clean_accuracy", a, b, compare({"correct": models[a]["clean_correct"]},
+        t["accuracy"].append((_key("clean_accuracy"), a, b, compare({"correct": models[a]["clean_correct"]},
                                                                {"correct": models[b]["clean_correct"]},
                                                                "clean_accuracy", seed)))
         for x in attacks:
-            t["runtime"].append((f"seconds_per_image:{x}", a, b, compare(ea[x], eb[x], "seconds_per_image", seed)))
+            t["runtime"].append((_key("seconds_per_image", x), a, b, compare(ea[x], eb[x], "seconds_per_image", seed)))
             for metric in ("robust_accuracy", "success_rate"):
-                t["success"].append((f"{metric}:{x}", a, b, compare(ea[x], eb[x], metric, seed)))
+                t["success"].append((_key(metric, x), a, b, compare(ea[x], eb[x], metric, seed)))
             for metric in ("robustness", "median_l2"):
-                t["perturbation"].append((f"{metric}:{x}", a, b, compare(ea[x], eb[x], metric, seed)))
+                t["perturbation"].append((_key(metric, x), a, b, compare(ea[x], eb[x], metric, seed)))
             da = _with_detection(ea[x], models[a].get("clean_suspicion"))
             db = _with_detection(eb[x], models[b].get("clean_suspicion"))
             if da and db:
-                t["detection"].append((f"detection_rate:{x}", a, b, compare(da, db, "detection_rate", seed)))
+                t["detection"].append((_key("detection_rate", x), a, b, compare(da, db, "detection_rate", seed)))
         ad = results.get("adaptive", {})
         if a in ad and b in ad:
             dap = "detector-aware-pgd"
-            t["adaptive"].append((f"evasion_rate:{dap}", a, b, compare(ad[a][dap], ad[b][dap], "evasion_rate", seed)))
+            t["adaptive"].append((_key("evasion_rate", dap), a, b, compare(ad[a][dap], ad[b][dap], "evasion_rate", seed)))
         return {k: comparison_rows(v) for k, v in t.items() if v}
 
     def curve_rows(a: str, b: str) -> list:
@@ -224,7 +262,7 @@ def analyse(results: dict, seed: int = 0) -> dict[str, Any]:
                 other = {p["eps"]: p for p in results["curves"][b].get(norm, {}).get(attack, [])}
                 for p in pts:
                     if p["eps"] > 0 and p["eps"] in other:
-                        rows.append((f"robust_accuracy:{attack} {norm} eps {p['eps']:g}", a, b,
+                        rows.append((_key("robust_accuracy", attack, norm, p["eps"]), a, b,
                                      compare(p, other[p["eps"]], "robust_accuracy", seed)))
         return rows
 
@@ -255,10 +293,9 @@ def _family(results: dict, seed: int) -> dict[str, Any] | None:
         f = family(entries, kinds, metric, seed, n_resamples=300 if metric == "auc" else unc.N_RESAMPLES)
         if f:
             rows.append({"metric": metric, "attack": attack, "params": entries[next(iter(entries))]["params"], **f})
-    adjusted = unc.holm([Comparison(**{k: r[k] for k in ("difference", "low", "high", "p", "n", "detectable")})
-                         for r in rows])
+    adjusted = unc.holm([Comparison(**{f.name: r[f.name] for f in fields(Comparison)}) for r in rows])
     for r, c in zip(rows, adjusted):
-        r["p_adjusted"] = c.p_adjusted
+        r["p_adjusted"], r["detectable_adjusted"] = c.p_adjusted, c.detectable_adjusted
         r["verdict"] = unc.verdict(c, METRICS[r["metric"]]["sign"])
     return {"rows": rows}
 

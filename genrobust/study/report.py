@@ -11,7 +11,7 @@ from typing import Any
 from genrobust.store import atomic_write
 from genrobust.study import published as pub
 from genrobust.study.analysis import METRICS
-from genrobust.uncertainty import ALPHA, N_RESAMPLES
+from genrobust.uncertainty import ALPHA, N_RESAMPLES, at_resolution
 
 DETECTORS = ("logit", "marginal", "kl")
 NEEDS_PAIR = "No comparison: the run needs a generative and a discriminative model."
@@ -56,14 +56,35 @@ def _study(table: dict, attack: str, structure: str) -> str:
 
 
 def _what(row: dict) -> str:
-    metric, _, attack = row["what"].partition(":")  # e.g. robust_accuracy:pgd or robust_accuracy:pgd linf eps 0.1
-    return f"{METRICS[metric]['title']}{', ' + attack if attack else ''}"
+    """A row's metric and attack (and a curve point's norm and eps) in words."""
+    where = " ".join(str(v) for v in (row.get("attack"), row.get("norm")) if v)
+    if row.get("eps") is not None:
+        where += f" eps {row['eps']:g}"
+    return f"{METRICS[row['metric']]['title']}{', ' + where if where else ''}"
 
 
 def comparison_block(rows: list[dict], pair: list[str]) -> list[list[str]]:
-    """The rows of the primary pair, formatted: what, difference [CI], p (Holm), verdict."""
+    """The rows of the primary pair, formatted: what, difference [CI], n (with b / c for McNemar), p with its
+    test, p (Holm), verdict."""
     a, b = pair
-    return [[_what(r), diff_ci(r), str(r["n"]), p_text(r["p"]), p_text(r["p_adjusted"]), r["verdict"]]
+
+    def p_cell(r: dict, p: float | None) -> str:  # a Monte-Carlo p at its resolution is a bound, not a value
+        return f"≤ {p:.3f}" if p is not None and p >= 0.001 and at_resolution(r.get("test"), r["p"]) else p_text(p)
+
+    def difference(r: dict) -> str:  # results.json has no infinity: None stands for a median beyond every norm
+        if r["difference"] is None and r["p"] is not None:
+            return "unbounded (one median beyond every measured norm: over half its images never fooled)"
+        if r["difference"] is not None and (r["low"] is None) != (r["high"] is None):  # one end infinite
+            low = fmt(r["low"], 3) if r["low"] is not None else "−∞"
+            high = fmt(r["high"], 3) if r["high"] is not None else "∞"
+            return f"{fmt(r['difference'], 3)} [{low}, {high}]"
+        return diff_ci(r)
+
+    return [[_what(r), difference(r),
+             f"{r['n']} (b {r['discordant_b']} / c {r['discordant_c']})" if r.get("discordant_b") is not None
+             else str(r["n"]),
+             p_cell(r, r["p"]) + (f" ({r['test']})" if r.get("test") and r["p"] is not None else ""),
+             p_cell(r, r["p_adjusted"]), r["verdict"]]
             for r in rows if [r["a"], r["b"]] == [a, b]]
 
 
@@ -80,8 +101,9 @@ def summary(rows: list[dict], pair: list[str], claim: str) -> str:
         return NEEDS_PAIR
     holds, rev = (len(x) for x in _outcomes(mine))
     rest = len(mine) - holds - rev
+    tests = ", ".join(sorted({r["test"] for r in mine if r.get("test") and r["p"] is not None})) or "no test"
     return (f"{pair[0]} − {pair[1]}, '{claim}': holds in {holds}, reversed in {rev}, not distinguishable (or not "
-            f"testable) in {rest} of {len(mine)} comparisons (paired bootstrap over the same images, Holm-corrected, "
+            f"testable) in {rest} of {len(mine)} comparisons ({tests}, paired over the same images, Holm-corrected, "
             f"{ALPHA:.0%} level).")
 
 
@@ -141,7 +163,8 @@ def tables(results: dict) -> dict[str, Any]:
             rows.append([a, m, est_n(es["robustness"]), est(es["median_l2"]),
                          _study(pub.ROBUSTNESS, a, models[m]["structure"])])
     finish("table4", {"title": "Table 4: robustness ρ = mean ‖η‖₂ / ‖x‖₂ and median ‖η‖₂ over successful images "
-                      "(bootstrap 95% CI)", "columns": ["attack", "model", "ρ [95% CI] (n successful)",
+                      "(bootstrap 95% CI); the comparison of median ‖η‖₂ is censored: over the images both models "
+                      "classify correctly, an unfooled image counting as +∞", "columns": ["attack", "model", "ρ [95% CI] (n successful)",
                                                         "median ‖η‖₂ [95% CI]", "study ρ"], "rows": rows},
            "perturbation", "the generative model needs larger perturbations")
 
@@ -274,7 +297,8 @@ def _family_table(fam: dict, models: dict) -> dict:
                      ", ".join(f"{m} {fmt(v, 3)}" for m, v in r["discriminative"].items()),
                      diff_ci(r), p_text(r["p_adjusted"]), r["verdict"]])
     return {"title": "Table 9: generative against discriminative structures as groups (mean over each group's "
-                     "models, paired bootstrap over the shared images, Holm over the rows)",
+                     "models, per image over the shared images: Wilcoxon signed-rank for robust accuracy, descriptive "
+                     "bootstrap intervals for the median L2 and the AUC; Holm over the tested rows)",
             "columns": ["metric", "attack", "images", "generative models", "discriminative models",
                         "difference of group means [95% CI]", "p (Holm)", "verdict"], "rows": rows,
             "comparisons": [], "verdict": "; ".join(f"{METRICS[r['metric']]['title']} ({r['attack']}): {r['verdict']}"
@@ -307,13 +331,13 @@ def answer(results: dict) -> dict[str, Any]:
     if len(pair) != 2:
         return {"question": question, "answer": NEEDS_PAIR, "strength": "none", "differences": "", "limits": ""}
     g, d = pair
-    rows = [r for r in an["tables"].get("success", []) if r["what"].startswith("robust_accuracy")
+    rows = [r for r in an["tables"].get("success", []) if r["metric"] == "robust_accuracy"
             and [r["a"], r["b"]] == pair]
     holds, rev = _outcomes(rows)
     ps = [r["p_adjusted"] for r in holds + rev if r["p_adjusted"] is not None]
     testable = [r for r in rows if r["p"] is not None]
     strength = _strength(len(holds), len(rev), len(testable), ps or [1.0])
-    attack_of = lambda r: r["what"].split(":")[1]  # noqa: E731
+    attack_of = lambda r: r["attack"]  # noqa: E731
     names = lambda rs: ", ".join(attack_of(r) for r in rs)  # noqa: E731
     if holds and not rev and len(holds) * 2 >= len(testable):
         head = f"Yes, on our numbers: {g} keeps a higher robust accuracy than {d} (under {names(holds)})"
@@ -330,10 +354,10 @@ def answer(results: dict) -> dict[str, Any]:
     detail = "; ".join(f"{attack_of(r)} {diff_ci(r)}, {r['verdict']}" for r in rows)
     text = (f"{head} ({strength}: robust accuracy {g} − {d} per attack, paired over the same test images, "
             f"Holm-corrected — {detail}).")
-    perturb = [r for r in an["tables"].get("perturbation", []) if r["what"].startswith("median_l2")
-               and r["what"].split(":")[1] in ("deepfool", "cw") and [r["a"], r["b"]] == pair]
+    perturb = [r for r in an["tables"].get("perturbation", []) if r["metric"] == "median_l2"
+               and r["attack"] in ("deepfool", "cw") and [r["a"], r["b"]] == pair]
     if perturb:
-        text += f" Minimal perturbations (median ‖η‖₂ of successful adversarials, {g} − {d}): " + "; ".join(
+        text += f" Minimal perturbations (median ‖η‖₂ over the images both classify correctly, an unfooled one counting as +∞; {g} − {d}): " + "; ".join(
             f"{attack_of(r)} {diff_ci(r)}, {r['verdict']}" for r in perturb) + "."
     det = [r for r in an["tables"].get("detection", []) if [r["a"], r["b"]] == pair]
     if det:
@@ -350,7 +374,7 @@ def answer(results: dict) -> dict[str, Any]:
     acc = {m: (models[m]["test_accuracy"] or models[m]["clean_accuracy_here"])["value"] for m in pair}
     diffs.append(f"Our {d} reaches {fmt(acc[d])} and {g} {fmt(acc[g])} test accuracy (study: DFZ 0.8891, GFZ 0.8081).")
     ours = [r for r in an["tables"].get("success", []) if [r["a"], r["b"]] == pair
-            and r["what"].startswith("success_rate") and r["what"].split(":")[1] in pub.SUCCESS]
+            and r["metric"] == "success_rate" and r["attack"] in pub.SUCCESS]
     for r in ours:
         a, diff = attack_of(r), r["difference"]
         p = r["p_adjusted"] if r["p_adjusted"] is not None else r["p"]
@@ -406,8 +430,13 @@ def _intro(results: dict) -> str:
             f"({counts}), seed {c['seed']}; success judged with fresh noise at K = {c['eval_samples']} and robust "
             f"accuracy over R = {c['eval_draws']} further evaluations; detectors calibrated to {c['fpr']:.0%} FPR on "
             f"the validation split. Every rate carries a Wilson 95% interval, every ρ, median and AUC a bootstrap "
-            f"95% interval over images; comparisons are paired bootstraps over the same images with "
-            f"{N_RESAMPLES:,} resamples (so no p-value below {1 / (N_RESAMPLES + 1):.4f} before Holm). Wall time {results['seconds']:.0f} s on {results['environment'].get('device', 'cpu')} "
+            f"95% interval over images ({N_RESAMPLES:,} resamples). Comparisons pair the models on the same images, "
+            f"each by an exact or rank test, so no p-value is a resampling floor: rates by the exact McNemar test on "
+            f"the discordant images (b: only the first model, c: only the second; Newcombe's interval for the "
+            f"difference), P(misclassified), ρ and median ‖η‖₂ by the Wilcoxon signed-rank test (an image never "
+            f"fooled counts as an infinite norm, never dropped; paired bootstrap intervals), seconds per image by a "
+            f"sign-flip permutation test over chunks (exact when they are few); AUCs are compared descriptively "
+            f"(interval, no p). Wall time {results['seconds']:.0f} s on {results['environment'].get('device', 'cpu')} "
             f"(torch {results['environment']['torch']}, {results['environment']['threads']} threads)"
             f"{_cached_note(results)}.")
 
@@ -422,7 +451,8 @@ def _cached_note(results: dict) -> str:
 
 def _answer_md(a: dict) -> list[str]:
     return ["## The answer", "", f"**Question.** {a['question']}", "", f"**Answer ({a['strength']}).** {a['answer']}",
-            "", f"**Where this differs from the study.** {a['differences']}", "", f"**Limits.** {a['limits']}", ""]
+            "", "**What the strength rests on.**", "", *[f"- {c}" for c in a.get("conditions", [])], "",
+            f"**Where this differs from the study.** {a['differences']}", "", f"**Limits.** {a['limits']}", ""]
 
 
 MASKING_COLUMNS = ["check", "status", "key numbers", "explanation"]
@@ -451,8 +481,12 @@ def masking_section(results: dict) -> tuple[str, list[tuple[str, list[list[str]]
 
 def write(results: dict, out: Path) -> None:
     tabs, a = results["tables"], results["answer"]
+    rep = results.get("reproduction") or {}
     md = ["# genrobust: generative vs discriminative classifiers under attack", "", *_answer_md(a), "## The run", "",
           _intro(results), ""]
+    if rep.get("answer"):
+        md += ["## The paper's tables, reproduced (secondary)", "", f"**Summary ({rep['strength']}, counted over the "
+               "paper's attacks on the named models; not the answer).** " + rep["answer"], ""]
     for tab in tabs.values():
         md += [f"## {tab['title']}", "", _md_table(tab["columns"], tab["rows"]), ""]
         if tab.get("comparisons"):
@@ -483,8 +517,13 @@ def write(results: dict, out: Path) -> None:
              "</style></head><body>", "<h1>genrobust: generative vs discriminative classifiers under attack</h1>",
              "<div class='answer'><h2>The answer</h2>", f"<p><b>Question.</b> {esc(a['question'])}</p>",
              f"<p><b>Answer ({esc(a['strength'])}).</b> {esc(a['answer'])}</p>",
+             "<p><b>What the strength rests on.</b></p><ul>" + "".join(f"<li>{esc(c)}</li>" for c in a.get("conditions", []))
+             + "</ul>",
              f"<p><b>Where this differs from the study.</b> {esc(a['differences'])}</p>",
              f"<p><b>Limits.</b> {esc(a['limits'])}</p></div>", f"<h2>The run</h2><p>{esc(_intro(results))}</p>"]
+    if rep.get("answer"):
+        parts.append(f"<h2>The paper's tables, reproduced (secondary)</h2><p><b>Summary ({esc(rep['strength'])}, counted "
+                     f"over the paper's attacks on the named models; not the answer).</b> {esc(rep['answer'])}</p>")
     for tab in tabs.values():
         parts.append(f"<h2>{esc(tab['title'])}</h2>" + table(tab["columns"], tab["rows"]))
         if tab.get("comparisons"):
@@ -500,3 +539,77 @@ def write(results: dict, out: Path) -> None:
                      f"<figcaption>{esc(cap)}</figcaption></figure>")
     parts.append("</body></html>")
     atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text("\n".join(parts)))
+
+
+# ---------------------------------------------------------------------------------------------- primary endpoint
+def _pct(rate: list[bool]) -> dict:
+    from genrobust.uncertainty import proportion
+    return proportion(rate).as_dict()
+
+
+def primary_tables(results: dict) -> dict[str, Any]:
+    """The primary endpoint first: each model's robust accuracy under the ensemble at every budget, then the
+    effects (primary, and the pre-declared secondary family with Holm)."""
+    pr = results.get("primary")
+    if not pr:
+        return {}
+    ens = pr["ensemble"]
+    runs = pr["models"]
+    levels = [(lv["eps"], "linf") for lv in next(iter(runs.values()))["linf"]] if runs else []
+    if runs and next(iter(runs.values())).get("l2"):
+        levels.append((next(iter(runs.values()))["l2"]["eps"], "l2"))
+    rows = []
+    for m, r in runs.items():
+        cells = [m, r["structure"], "–" if r["seed"] is None else str(r["seed"]),
+                 f"kept at {r['matched_to']}" if r["matched_to"] else "", str(r["n"]), est(_pct(r["clean_correct"]))]
+        for eps, norm in levels:
+            lv = next((x for x in r["linf"] if x["eps"] == eps), None) if norm == "linf" else r["l2"]
+            cells.append(est(_pct(lv["robust"])) if lv else "–")
+        fooled = {}
+        for lv in r["linf"][:1]:
+            for mem in lv["members"]:
+                fooled[mem["label"]] = fooled.get(mem["label"], 0) + mem["fooled"]
+        cells += [", ".join(f"{k} {v}" for k, v in fooled.items()), fmt(r["seconds"], 1)]
+        rows.append(cells)
+    columns = ["model", "structure", "seed", "matched", "images", "clean (majority of R) [95% CI]",
+               *[f"robust, {'L∞' if n == 'linf' else 'L2'} ε = {e:g} [95% CI]" for e, n in levels],
+               f"fooled at ε = {ens['eps']:g}, by member", "attack s"]
+    t1 = {"title": f"Primary endpoint: robust accuracy under the strongest ensemble (L∞ ε = {ens['eps']:g}, declared "
+                   "before the run)", "columns": columns, "rows": rows, "comparisons": [],
+          "verdict": f"Robust = correct under a majority of R clean evaluations and not fooled by any member "
+                     f"(AutoAttack 'rand' with {ens['restarts']} restarts, PGD with EOT {ens['pgd_eot']}, Square with "
+                     f"{ens['square_queries']} queries{', transfers from every model of the other kind' if ens['transfer'] else ''}"
+                     f"), each member on the images still robust; a larger ε runs on the images robust at the smaller. "
+                     f"Why ε = {ens['eps']:g}: {ens['reason']}"}
+    effect_rows = []
+    for e in [pr["primary"], *pr["secondary"]]:
+        if not e:
+            continue
+        pairs = "; ".join(f"{p['generative']} − {p['discriminative']} {diff_ci(p)}"
+                          + (f" (b {p['b']}, c {p['c']})" if p.get("b") is not None else "") for p in e["pairs"])
+        effect_rows.append([("PRIMARY: " if e["primary"] else "") + e["title"], pairs, diff_ci(e), str(e["n_images"]),
+                            str(e["n_pairs"]), p_text(e["p"]), "–" if e["primary"] else p_text(e["p_adjusted"]),
+                            e["test"] or "–", fmt(e["detectable"], 3)])
+    t2 = {"title": "Effects: generative − discriminative, per replicate pair and pooled (two-level bootstrap interval "
+                   "over pairs and images)", "columns": [
+                       "endpoint", "per pair (difference [95% CI])", "pooled [95% CI]", "images", "pairs", "p",
+                       "p (Holm, secondary family)", "test", "detectable (80% power)"],
+          "rows": effect_rows, "comparisons": [],
+          "verdict": "The primary endpoint is tested alone; the secondary endpoints form one pre-declared family, "
+                     "Holm-corrected together. Per pair: exact McNemar on the discordant images (b: robust on the "
+                     "generative model only, c: on the discriminative only). Pooled: Wilcoxon signed-rank over images "
+                     "of the summed pair differences (one pair: its McNemar p)."}
+    return {"primary": t1, "effects": t2}
+
+
+def primary_limits(results: dict) -> str:
+    pr = results.get("primary") or {}
+    runs = pr.get("models") or {}
+    if not runs:
+        return ""
+    seeds = sorted({r["seed"] for r in runs.values() if r["seed"] is not None and not r["matched_to"]})
+    n = min(r["n"] for r in runs.values())
+    return (f"The primary endpoint ran on {len(runs)} models (training seeds {', '.join(map(str, seeds)) or '–'}) on the "
+            f"same first {n} test images; its interval covers seeds and images, but {len(seeds)} seeds give a coarse "
+            "picture of the between-seed variance. The ensemble is the strongest this project has, not a proof of "
+            "robustness: an adaptive attack designed for these models could lower every robust accuracy.")

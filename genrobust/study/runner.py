@@ -9,11 +9,8 @@ resumes at its first unfinished chunk with identical results. Then statistics, f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,72 +29,15 @@ from genrobust.errors import GenrobustError
 from genrobust.evaluation import batched_logits
 from genrobust.masking import MaskingConfig, check_masking, images_needed
 from genrobust.models import LatentClassifier
-from genrobust.robustness import AttackReport, chunk_bounds, chunk_seed, merge_reports, run_attack
-from genrobust.store import ModelStore, load_tensors, save_tensors, write_json
-from genrobust.study import analysis, figures, published, report
+from genrobust.store import ModelStore, write_json
+from genrobust.study import analysis, decision, effects, figures, primary, published, report
+from genrobust.study.chunks import Chunked, chunked_attack, digest
 from genrobust.study.config import CURVE_ATTACKS, StudyConfig
+from genrobust.study.results import SCHEMA_VERSION, StudyResults
 
 Progress = Callable[[float], None]
 # per-image lists an entry keeps (results.json): what the statistics, comparisons and figures need
 KEEP = ("labels", "correct", "success", "p_misclassified", "l2", "rel_l2", "pred_before", "pred_after")
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _images_digest(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-@dataclass
-class Chunked:
-    """An attack's merged report, adversarials, per-chunk (images, seconds), and whether every chunk came
-    from the cache."""
-
-    report: AttackReport
-    adversarial: torch.Tensor
-    chunks: list[tuple[int, float]]
-    cached: bool
-
-
-def chunked_attack(cache: Path, model: LatentClassifier, model_name: str, card: dict, attack: Attack,
-                   x: torch.Tensor, y: torch.Tensor, config: StudyConfig, extra_key: Any = None,
-                   on_chunk: Callable[[float], None] | None = None) -> Chunked:
-    """run_attack chunk by chunk, each chunk memoised on disk by (model card, attack, params, seed, K, R,
-    chunk bounds, its images). Chunk i is attacked with chunk_seed(seed, start): the result equals a service
-    sweep's (run_attack_chunked) with the same chunk size, and a longer run reuses a shorter one's chunks."""
-    base = _digest({"model": model_name, "card": _digest(card), "attack": attack.name,
-                    "params": attack.params.model_dump(mode="json"), "seed": config.seed, "K": config.eval_samples,
-                    "R": config.eval_draws, "extra": extra_key})
-    folder = cache / model_name / f"{attack.name}-{base}"
-    bounds = chunk_bounds(len(x), config.chunk_size)
-    reports, advs, chunks, hits = [], [], [], 0
-    bar = tqdm(bounds, desc=f"{model_name}: {attack.name} ({len(x)} images)", unit="chunk", leave=False)
-    for i, (s, e) in enumerate(bar):
-        stem = folder / f"{s:05d}-{e:05d}-{_images_digest(x[s:e])}"
-        js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-        rep = None
-        if js.is_file() and st.is_file():
-            try:
-                rep, adv = AttackReport.model_validate_json(js.read_text()), load_tensors(st)["adversarial"]
-                hits += 1
-            except (GenrobustError, ValueError):
-                rep = None  # a damaged cache entry is recomputed
-        if rep is None:
-            rep, adv = run_attack(model, attack, x[s:e], y[s:e], seed=chunk_seed(config.seed, s),
-                                  eval_samples=config.eval_samples, eval_draws=config.eval_draws,
-                                  model_name=model_name)
-            adv = adv.cpu()  # the study keeps images on the host (figures, cache)
-            save_tensors(st, {"adversarial": adv})
-            write_json(js, rep.model_dump(mode="json"))  # written last: its presence marks a complete chunk
-        reports.append(rep)
-        advs.append(adv)
-        chunks.append((e - s, rep.seconds))
-        if on_chunk:
-            on_chunk((i + 1) / len(bounds))
-    bar.close()
-    return Chunked(merge_reports(reports, config.seed), torch.cat(advs), chunks, hits == len(bounds))
 
 
 def _detectors(store: ModelStore, name: str, model: LatentClassifier, config: StudyConfig,
@@ -190,7 +130,6 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
     ``GENROBUST_DEVICE``); results do not depend on it beyond float rounding. Returns the results dict."""
     store = store or ModelStore()
     device = resolve_device(device)
-    t_start = time.perf_counter()
     cards = {m: store.card(m) for m in config.models}  # unknown models fail before any work
     curve_specs = _curve_specs(config)
     unknown = sorted(set(config.params) - set(config.attacks) - {a for a, _ in curve_specs})
@@ -200,16 +139,27 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
     for (a, norm), budgets in curve_specs.items():  # and the curves' (their budgets replace eps)
         if budgets:
             curve_attack(a, norm, budgets[-1], config.params.get(a))
-    masking = {m: masking_config(config, m) for m in config.models} if config.masking else {}  # invalid: fail now
+    masking = {m: masking_config(config, m) for m in config.models} if config.runs_masking() else {}  # invalid: fail now
+    ensemble = config.ensemble()
     out = Path(config.out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
+    # the primary endpoint's models first: missing replicates are trained once (timed apart, kept in the store)
+    primary_names, training_seconds = primary.replicate_models(config.models, config.replicates, store,
+                                                               config.train_missing, device)
+    if config.matched:
+        gen_val = [(store.card(m).get("validation_accuracy") or {}).get("accuracy") for m in primary_names
+                   if store.card(m).get("kind") == "generative"]
+        gen_val = [v for v in gen_val if v is not None]
+        primary_names += primary.matched_models([m for m in primary_names if store.card(m).get("kind") != "generative"],
+                                                store, float(np.mean(gen_val)) if gen_val else None)
+    t_start = time.perf_counter()  # the study's own wall time, training apart
 
     density = {m: cards[m].get("logits_have_density", True) for m in config.models}
     adaptive_models = [m for m in config.models if density[m]] if config.adaptive else []
     n_curve = (1 + sum(len(v) for v in curve_specs.values()) + 1) if config.curves else 0
-    steps = Steps(len(config.models) * (1 + len(attacks) + n_curve) + 2 * len(adaptive_models) + len(masking) + 1,
-                  progress)
+    steps = Steps(len(config.models) * (1 + len(attacks) + n_curve) + 2 * len(adaptive_models) + len(masking)
+                  + len(primary_names) + 1, progress)
 
     results: dict[str, Any] = {"config": config.model_dump(mode="json"), "models": {}, "attacks": {}, "adaptive": {},
                                "curves": {}, "fgs": {}, "examples": {}, "masking": {},
@@ -249,7 +199,7 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
             # a transfer's chunks also depend on its source model: its card is part of the cache key
             source = getattr(attack.params, "source", None)
             c = chunked_attack(cache, model, m, card, attack, test.images[:n], test.labels[:n], config,
-                               extra_key={"source": _digest(ModelStore().card(source))} if source else None,
+                               extra_key={"source": digest(ModelStore().card(source))} if source else None,
                                on_chunk=steps.partial)
             entry = _entry(c, config.seed)
             entry["detection"] = (_detection(dets, model, clean, c.adversarial, entry["success"],
@@ -277,16 +227,52 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
             results["masking"][m] = check_masking(model, test.images, test.labels, masking[m], model_name=m,
                                                   progress=steps.partial).model_dump(mode="json")
             steps.step(f"{m}: masking checks")
+    results["primary"] = _primary(cache, store, config, ensemble, primary_names, data_root, device, steps,
+                                  training_seconds).model_dump(mode="json")
     results["analysis"] = analysis.analyse(results, config.seed)
     results["figures"] = figures.rocs(results, out / "figures") + figures.curves(results, out / "figures")
     results["seconds"] = round(time.perf_counter() - t_start, 1)
-    results["tables"] = report.tables(results)
-    results["answer"] = report.answer(results)
-    write_json(out / "results.json", results)
+    results["tables"] = {**report.primary_tables(results), **report.tables(results)}
+    results["reproduction"] = report.answer(results)  # the paper's tables, summarised: secondary
+    results["answer"] = _answer(results).model_dump(mode="json")
+    results = {"schema_version": SCHEMA_VERSION, **results}
+    write_json(out / "results.json", StudyResults.model_validate(results).model_dump(mode="json"))  # validated
     report.write(results, out)
     steps.step("report")
     steps.bar.close()
     return results
+
+
+def _primary(cache: Path, store: ModelStore, config: StudyConfig, ensemble: primary.Ensemble, names: list[str],
+             data_root, device, steps: Steps, training_seconds: float) -> effects.PrimaryResults:
+    """The ensemble on every replicate (and matched checkpoint), on the same first N test images; then the
+    primary effect and the secondary family."""
+    n = config.primary_images()
+    cards = {m: store.card(m) for m in names}
+    kinds = {m: {"kind": c.get("kind")} for m, c in cards.items()}
+    runs = {}
+    t0 = time.perf_counter()
+    for m in names:
+        model, card = store.load(m, device)
+        test = data.load(data.dataset_of(card), "test", limit=n, root=data_root)
+        runs[m] = primary.run_model(cache, model, m, card, test.images, test.labels, config, ensemble,
+                                    primary.stored_sources(kinds, m))
+        steps.step(f"{m}: primary endpoint")
+    effect, secondary = effects.analyse(runs, ensemble, config.seed)
+    return effects.PrimaryResults(ensemble=ensemble.model_dump(mode="json"), models=runs, primary=effect,
+                                  secondary=secondary, seconds=round(time.perf_counter() - t0, 1),
+                                  training_seconds=training_seconds)
+
+
+def _answer(results: dict) -> decision.Answer:
+    """The answer from the primary endpoint and the masking checks; the paper's differences and the limits
+    from the reproduction tables."""
+    pr = effects.PrimaryResults.model_validate(results["primary"])
+    masking = ({m: [c["letter"] for c in r["checks"] if c["status"] == "flag"] for m, r in results["masking"].items()}
+               if results["masking"] else None)
+    rep = results["reproduction"]
+    return decision.answer(pr.primary, masking, pr.secondary, differences=rep["differences"],
+                           limits=report.primary_limits(results) + " " + rep["limits"])
 
 
 def masking_config(config: StudyConfig, model_name: str) -> MaskingConfig:

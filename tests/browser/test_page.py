@@ -219,7 +219,10 @@ def test_small_sweep_reaches_100_percent(page, shots):
 
 def test_study_links_to_its_report(page, server, shots):
     page.check("#sweep-study")
-    page.fill("#sweep-study_options", '{"clean_limit": 20, "adaptive": false}')
+    # one replicate and a toy ensemble: the primary endpoint's machinery, in seconds
+    page.fill("#sweep-study_options", '{"clean_limit": 20, "adaptive": false, "masking": false, "replicates": 1, "primary": '
+                                      '{"restarts": 1, "steps": 2, "pgd_steps": 2, "pgd_eot": 1, "square_queries": 10, '
+                                      '"transfer_eot": 1, "curve_eps": [], "l2_eps": null}}')
     page.fill("#sweep-limit", "4")
     page.fill("#sweep-chunk_size", "")
     page.click("#sweep-run")

@@ -14,6 +14,7 @@ from genrobust.attacks import make_attack
 from genrobust.robustness import run_attack_chunked
 from genrobust.store import ModelStore
 from tests.service.conftest import wait_job
+from tests.test_study import TINY_PRIMARY
 from worker.jobs import job_store
 
 SWEEP = {"models": ["tiny-gfz", "tiny-dfz"],
@@ -59,14 +60,16 @@ def test_sweep_runs_on_two_workers_and_equals_the_library(client, workers):
 def test_the_study_runs_as_a_job_and_writes_its_report(client, workers, service_env):
     body = {"models": ["tiny-gfz"], "attacks": [{"attack": "fgsm", "params": {"samples": 2}}], "limit": 4,
             "seed": 0, "eval_samples": 2, "study": True,
-            "study_options": {"clean_limit": 20, "preset": "quick", "adaptive_params": {"steps": 2, "samples": 2}}}
+            "study_options": {"clean_limit": 20, "preset": "quick", "adaptive_params": {"steps": 2, "samples": 2},
+                              "replicates": 1, "primary": TINY_PRIMARY}}
     r = client.post("/jobs/sweep", json=body)
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["job_id"], timeout=150)
     assert job["state"] == "succeeded", job
     assert job["kind"] == "study" and job["progress"] == 1.0
     res = job["result"]
-    assert set(res["tables"]) == {f"table{i}" for i in range(1, 9)}  # with the curves and the FGS reconstruction
+    # the primary endpoint's tables, then the paper's with the curves and the FGS reconstruction
+    assert set(res["tables"]) == {"primary", "effects"} | {f"table{i}" for i in range(1, 9)}
     assert res["answer"]["question"] and res["answer"]["strength"]  # one model: nothing to compare, and it says so
     out = Path(res["out"])
     assert out.parent == service_env.data / "studies"
