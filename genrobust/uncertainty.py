@@ -338,7 +338,7 @@ def paired_permutation(a: Sequence[float], b: Sequence[float], seed: int = 0) ->
     n = len(a)
     ci = paired(_index_statistic(a, np.mean), _index_statistic(b, np.mean), n, seed, vectorized=True)
     test = PERMUTATION if 2 ** n <= PERMUTATIONS else MONTE_CARLO
-    if ci.difference is None:
+    if ci.difference is None or n < MIN_PAIRED:  # too few pairs to test (scipy needs two; MIN_PAIRED is ours)
         return replace(ci, test=test)
     if not np.any(a - b):
         return replace(ci, p=1.0, test=test)

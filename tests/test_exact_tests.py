@@ -220,3 +220,9 @@ def test_analysis_uses_the_test_fit_for_each_metric():
     assert (rows[0]["a"], rows[0]["b"]) == ("A", "B")  # the models' names, not overwritten by the counts
     assert (rows[0]["discordant_b"], rows[0]["discordant_c"]) == (s.b, s.c) and rows[0]["test"] == "exact McNemar"
     assert rows[2]["p_adjusted"] is None
+
+
+def test_one_chunk_is_not_testable_rather_than_an_error():
+    from genrobust import uncertainty as unc
+    c = unc.paired_permutation([1.0], [2.0])
+    assert c.p is None and c.difference == -1.0 and unc.verdict(c, +1) == "not testable at this n"
