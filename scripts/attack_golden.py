@@ -11,7 +11,10 @@ Regenerated cases so far: deepfool and truncated-deepfool (DeepFool aims at the 
 rejects an iterate instead of the farthest one, since acceptance tests draw by draw); then every case on an
 Intel Xeon with torch 2.14.1 (2026-12-02: the file written on an AMD EPYC with torch 2.15 differed there in
 4 chaotic cases by rounding alone: one flipped stop or sign decision moves a whole image). The file
-records the machine that wrote it (``machine()``); the test is strict there and looser elsewhere.
+records the machine that wrote it (``machine()``); the test is strict there and looser elsewhere. Then (2026-12-02)
+the four DeepFool cases, whose directions now leave out the moves the [0, 1] box forbids, with every case
+rewritten on an AMD EPYC with torch 2.14.1: there the previous code differed from the Intel file in the same 7
+other cases by rounding alone (``--check`` of the previous commit on this machine).
 """
 
 import argparse

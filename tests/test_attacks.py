@@ -109,26 +109,49 @@ def test_pgd_stays_in_the_ball(norm):
     assert adv.min() >= 0 and adv.max() <= 1
 
 
+def _deepfool_l2_steps(model, x, y, feasible=lambda w: w):
+    """Per image of a Linear model: the nearest class k by the linearised L2 distance along the ``feasible``
+    part of w = W - W_y, and the step |d_k| / ||w_k||^2 * w_k onto its boundary."""
+    W, b = model.w.detach(), model.b.detach()
+    f = x.flatten(1) @ W.T + b
+    for i in range(len(x)):
+        w = feasible(W - W[y[i]])
+        d = f[i] - f[i, y[i]]
+        ratio = d.abs() / w.norm(dim=1)
+        ratio[y[i]] = math.inf
+        k = int(ratio.argmin())
+        yield k, (d[k].abs() + 1e-4) / w[k].norm() ** 2 * w[k]
+
+
 def test_deepfool_l2_on_a_linear_model_is_the_analytic_projection():
     """One step reaches the nearest linearised boundary: eta = |d_l| / ||w_l||^2 * w_l."""
     model = Linear(scale=0.01)
     x = _points(6)
     y = _labels(model, x)
     out = make_attack("deepfool", {"p": 2, "overshoot": 0.0, "max_iter": 1})(model, x, y).adversarial
-    W, b = model.w.detach(), model.b.detach()
-    f = x.flatten(1) @ W.T + b
-    for i in range(len(x)):
-        w = W - W[y[i]]
-        d = f[i] - f[i, y[i]]
-        ratio = d.abs() / w.norm(dim=1)
-        ratio[y[i]] = math.inf
-        k = int(ratio.argmin())
-        expected = (d[k].abs() + 1e-4) / w[k].norm() ** 2 * w[k]
+    for i, (k, expected) in enumerate(_deepfool_l2_steps(model, x, y)):
         torch.testing.assert_close((out[i] - x[i]).flatten(), expected, atol=1e-5, rtol=1e-4)
         # and it sits on the boundary: classes y and k are (almost) tied, k just ahead
         z = model(out[i:i + 1])[0]
         assert z[k] >= z[y[i]] and (z[k] - z[y[i]]).abs() < 1e-3
     assert (_labels(model, out) != y).all()
+
+
+def test_deepfool_steps_only_where_the_box_allows():
+    """Pixels at 0 or 1 cannot move out of [0, 1]: the linearised boundary is measured along the directions
+    the box allows, so one step of a linear model lands on the boundary even when half the pixels sit at 0
+    (a step along the unmasked w would be clipped there and fall short)."""
+    model = Linear(scale=0.01)
+    x = _points(6)
+    x.view(6, -1)[:, :392] = 0.0  # a black half, as Fashion-MNIST's background
+    y = _labels(model, x)
+    out = make_attack("deepfool", {"p": 2, "overshoot": 0.0, "max_iter": 1})(model, x, y).adversarial
+    at_zero = lambda w: torch.cat([w[:, :392].clamp_min(0.0), w[:, 392:]], 1)  # at 0 a pixel can only rise
+    for i, (k, expected) in enumerate(_deepfool_l2_steps(model, x, y, at_zero)):
+        torch.testing.assert_close((out[i] - x[i]).flatten(), expected, atol=1e-5, rtol=1e-4)
+        z = model(out[i:i + 1])[0]
+        assert z[k] >= z[y[i]]
+    assert (out >= 0).all() and (_labels(model, out) != y).all()
 
 
 def test_deepfool_linf_gives_smaller_linf_than_l2():

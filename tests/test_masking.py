@@ -269,6 +269,7 @@ def test_cli_check(tiny_store, capsys):
 
 def test_study_has_a_masking_section(tiny_store, tmp_path):
     from genrobust.study import StudyConfig, reproduce
+    from tests.test_study import TINY_PRIMARY
 
     out = tmp_path / "report"
     overrides = {**TEST_CONFIG, "images": {k: 2 for k in LETTERS}, "steps": [2, 3], "eot": [1, 2],
@@ -278,7 +279,8 @@ def test_study_has_a_masking_section(tiny_store, tmp_path):
                  | ({"square": {"queries": 10, "samples": 2}} if SQUARE else {})}
     config = StudyConfig(models=["tiny-gfz"], attacks=["fgsm"], params={"fgsm": {"samples": 2}}, limit=4,
                          clean_limit=10, fit_limit=60, eval_samples=2, eval_draws=3, out=out, adaptive=False,
-                         curves=False, masking=True, masking_overrides=overrides, preset="quick")
+                         curves=False, masking=True, masking_overrides=overrides, preset="quick",
+                         replicates=1, matched=False, primary=TINY_PRIMARY)  # else it trains 2 more seeds
     results = reproduce(config, tiny_store)
     section = results["masking"]["tiny-gfz"]
     assert [c["letter"] for c in section["checks"]] == list(LETTERS)

@@ -18,6 +18,7 @@ from genrobust.store import ModelStore
 from genrobust.transfer import transfer_matrix
 from tests.conftest import save_tiny, tiny_model
 from tests.test_attacks import Linear
+from tests.test_study import TINY_PRIMARY
 
 PGD = {"eps": 0.1, "alpha": 0.05, "steps": 2}
 TIMING = ("seconds", "seconds_per_image")
@@ -234,6 +235,12 @@ def test_cli_transfer_errors_are_one_line_and_exit_2(env, capsys, argv, message)
 
 
 # ------------------------------------------------------------------ the study
+# one replicate (else the study trains the missing seeds of the tiny recipe) and a toy primary ensemble
+TINY_STUDY = ["--replicates", "1", "--no-matched", "--no-masking",
+              *(a for k, v in TINY_PRIMARY.items() if k != "curve_eps" for a in ("--primary", f"{k}={v}")),
+              "--primary", "curve_eps=0.1"]
+
+
 def test_the_study_runs_a_transfer(env, tmp_path, capsys):
     store = ModelStore()
     save_tiny(store, "tiny-dfx", "DFX")  # no detectors to fit: the study stays fast
@@ -242,7 +249,7 @@ def test_the_study_runs_a_transfer(env, tmp_path, capsys):
     assert main(["reproduce", "--models", "tiny-dfx", "--attacks", "transfer", "--param", "transfer.source=tiny-src",
                  "--param", "transfer.attack=fgsm", "--param", "transfer.params.eps=0.2", "--param",
                  "transfer.samples=2", "--limit", "4", "--clean-limit", "10", "--no-adaptive", "--no-curves",
-                 "--chunk-size", "2", "--out", str(out)]) == 0
+                 "--chunk-size", "2", *TINY_STUDY, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     entry = results["attacks"]["tiny-dfx"]["transfer"]
     assert entry["n"] == 4 and entry["queries"] == 0 and entry["params"]["params"]["eps"] == 0.2
@@ -252,5 +259,5 @@ def test_the_study_runs_a_transfer(env, tmp_path, capsys):
     assert main(["reproduce", "--models", "tiny-dfx", "--attacks", "transfer", "--param", "transfer.source=tiny-src",
                  "--param", "transfer.attack=fgsm", "--param", "transfer.params.eps=0.2", "--param",
                  "transfer.samples=2", "--limit", "4", "--clean-limit", "10", "--no-adaptive", "--no-curves",
-                 "--chunk-size", "2", "--out", str(out)]) == 0
+                 "--chunk-size", "2", *TINY_STUDY, "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["attacks"]["tiny-dfx"]["transfer"]["cached"] is False
