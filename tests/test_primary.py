@@ -101,6 +101,14 @@ def test_the_answer_wording_follows_the_numbers(effect, masking, strength):
     assert any("masking checks" in c for c in a.conditions)
 
 
+def test_the_secondary_family_reports_the_detectable_difference_at_its_adjusted_level():
+    family = [_effect(0.01, -0.03, 0.05, p) for p in (0.4, 0.03, 0.2)]
+    effects.holm(family)
+    assert [round(e.p_adjusted, 6) for e in family] == [0.4, 0.09, 0.4]  # Holm: 3 x 0.03, then max(2 x 0.2, ..)
+    for e in family:  # alpha / 3 asks for a larger difference than alpha
+        assert e.detectable_adjusted > e.detectable
+
+
 def test_no_pair_no_claim():
     assert decision.answer(None, None).strength == "no comparison"
 

@@ -68,6 +68,8 @@ class Effect(BaseModel):
     n_pairs: int
     test: str | None
     detectable: float | None = Field(None, description="Smallest pooled difference detectable at 80% power, 5% level.")
+    detectable_adjusted: float | None = Field(None, description="The same at the family's adjusted level (secondary "
+                                                                "endpoints: Bonferroni alpha / m, Holm's strictest step).")
     note: str = ""
 
     def holds_every_pair(self) -> bool:
@@ -188,7 +190,7 @@ def holm(effects: list[Effect]) -> list[Effect]:
         adjusted = unc.holm([unc.Comparison(e.difference, e.low, e.high, e.p, e.n_images, e.detectable)
                              for e in tested])
         for e, c in zip(tested, adjusted):
-            e.p_adjusted = c.p_adjusted
+            e.p_adjusted, e.detectable_adjusted = c.p_adjusted, c.detectable_adjusted
     return effects
 
 

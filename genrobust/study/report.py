@@ -589,7 +589,8 @@ def primary_tables(results: dict) -> dict[str, Any]:
                           + (f" (b {p['b']}, c {p['c']})" if p.get("b") is not None else "") for p in e["pairs"])
         effect_rows.append([("PRIMARY: " if e["primary"] else "") + e["title"], pairs, diff_ci(e), str(e["n_images"]),
                             str(e["n_pairs"]), p_text(e["p"]), "–" if e["primary"] else p_text(e["p_adjusted"]),
-                            e["test"] or "–", fmt(e["detectable"], 3)])
+                            e["test"] or "–", fmt(e["detectable"], 3)
+                            + ("" if e.get("detectable_adjusted") is None else f" ({fmt(e['detectable_adjusted'], 3)} adjusted)")])
     t2 = {"title": "Effects: generative − discriminative, per replicate pair and pooled (two-level bootstrap interval "
                    "over pairs and images)", "columns": [
                        "endpoint", "per pair (difference [95% CI])", "pooled [95% CI]", "images", "pairs", "p",
