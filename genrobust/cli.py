@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="run the whole study: tables with intervals, comparisons, curves, report",
                        description="The primary endpoint, declared before the run: robust accuracy under the "
                                    "strongest ensemble (AutoAttack 'rand' with restarts, PGD with EOT, Square, "
-                                   "transfers) at L-infinity eps 0.03 on replicate models (--replicates seeds of each "
+                                   "transfers) at L-infinity eps 0.02 on replicate models (--replicates seeds of each "
                                    "named model, missing ones trained once and kept), per seed pair and pooled, with "
                                    "exact tests; the paper's tables beside it as secondary reproduction; the masking "
                                    "checks. Writes DIR/report.md, DIR/report.html, DIR/results.json and "

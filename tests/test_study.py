@@ -12,6 +12,7 @@ from genrobust import data, robustness
 from genrobust.cli import main
 from genrobust.study import PRESETS, StudyConfig, reproduce
 from genrobust.study import chunks, runner
+from genrobust.study.primary import Ensemble
 from tests.conftest import tiny_model
 
 
@@ -75,7 +76,7 @@ def test_tiny_reproduce_writes_everything_and_resumes_from_cache(tiny_store, tmp
     pr = saved["primary"]
     assert set(pr["models"]) == {"tiny-dfz", "tiny-gfz"}
     for r in pr["models"].values():
-        assert r["n"] == 6 and [lv["eps"] for lv in r["linf"]] == [0.03, 0.1] and r["l2"]["eps"] == 2.0
+        assert r["n"] == 6 and [lv["eps"] for lv in r["linf"]] == [Ensemble().eps, 0.1] and r["l2"]["eps"] == 2.0
         labels = [m["label"] for m in r["linf"][0]["members"]]
         assert labels[:3] == ["autoattack-rand", "pgd-eot1", "square"] and labels[3].startswith("transfer from")
         # robust needs a correct clean prediction, and a larger budget only removes robust images
