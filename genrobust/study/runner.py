@@ -145,7 +145,7 @@ def reproduce(config: StudyConfig, store: ModelStore | None = None, progress: Pr
     (out / "figures").mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
     # the primary endpoint's models first: missing replicates are trained once (timed apart, kept in the store)
-    primary_names, training_seconds = primary.replicate_models(config.models, config.replicates, store,
+    primary_names, training_seconds = primary.replicate_models(config.models, config.replicate_count(), store,
                                                                config.train_missing, device)
     if config.matched:
         gen_val = [(store.card(m).get("validation_accuracy") or {}).get("accuracy") for m in primary_names
