@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--masking-preset", choices=list(PRESETS), default=None,
                    help="sizes of the masking checks (default: the study's --preset)")
     r.add_argument("--replicates", type=_positive, default=None,
-                   help=f"{sf['replicates'].description} (default {sf['replicates'].default})")
+                   help=sf["replicates"].description)
     r.add_argument("--no-train", action="store_true", help="never train missing replicates: an error names them")
     r.add_argument("--no-matched", action="store_true", help="leave the accuracy-matched checkpoints out")
     r.add_argument("--primary", action="append", default=[], metavar="KEY=VALUE",

@@ -237,8 +237,8 @@ def test_cli_transfer_errors_are_one_line_and_exit_2(env, capsys, argv, message)
 # ------------------------------------------------------------------ the study
 # one replicate (else the study trains the missing seeds of the tiny recipe) and a toy primary ensemble
 TINY_STUDY = ["--replicates", "1", "--no-matched", "--no-masking",
-              *(a for k, v in TINY_PRIMARY.items() if k != "curve_eps" for a in ("--primary", f"{k}={v}")),
-              "--primary", "curve_eps=0.1"]
+              *(a for k, v in TINY_PRIMARY.items()
+                for a in ("--primary", f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"))]
 
 
 def test_the_study_runs_a_transfer(env, tmp_path, capsys):

@@ -140,7 +140,8 @@ class DeepFool(MinimalAttack):
             l = ratio.argmin(1)
             r_tot[idx] += self.step(w[rows, l], d[rows, l])
             # keep x + r_tot in the box: a component past it would have to be undone before the pixel moves back
-            r_tot[idx] = (x[idx].flatten(1) + r_tot[idx]).clamp(0, 1) - x[idx].flatten(1)
+            x0 = x[idx].flatten(1)
+            r_tot[idx] = (x0 + r_tot[idx]).clamp(0, 1) - x0
             active = idx
         return ((1 + p.overshoot) * r_tot).view_as(x)
 

@@ -46,6 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # by that estimate; L2 and a few hundred images per pair on a GPU (--preset gpu)
         "primary": 30,
         "ensemble": {"l2_eps": None},
+        "replicates": 3,
         "masking": True,
     },
     "quick": {
@@ -73,6 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clean_limit": TEST_IMAGES,
         "primary": TEST_IMAGES,
         "ensemble": {"restarts": 5, "square_queries": 5000, "curve_eps": [0.05, 0.075, 0.1]},
+        "replicates": 3,
         "masking": True,
     },
 }
@@ -98,10 +100,9 @@ class StudyConfig(BaseModel):
     primary: dict[str, Any] = Field(default_factory=dict, description="Overrides of the primary endpoint's ensemble "
                                     "(genrobust.study.primary.Ensemble: eps, curve_eps, l2_eps, restarts, steps, "
                                     "pgd_eot, pgd_steps, square_queries, transfer, transfer_eot), over the preset's.")
-    replicates: int = Field(3, ge=1, le=REPLICATES_MAX, description="Training seeds per model for the primary endpoint "
-                                                                     "(seed 0 is the named model, seed s NAME-sS); "
-                                                                     "missing ones are trained once and kept in the "
-                                                                     "store. Unset, the quick preset runs 1.")
+    replicates: int | None = Field(None, ge=1, le=REPLICATES_MAX, description="Training seeds per model for the "
+                                   "primary endpoint (seed 0 is the named model, seed s NAME-sS); missing ones are "
+                                   "trained once and kept in the store. Default by preset: 3 (quick: 1).")
     train_missing: bool = Field(True, description="Train missing replicates with their set's recipe (else: an error "
                                                   "naming them).")
     matched: bool = Field(True, description="Add the stored accuracy-matched checkpoints (--keep-at) of the run's "
@@ -200,10 +201,7 @@ class StudyConfig(BaseModel):
         return self._cap(self.limits.get("primary", PRESETS[self.preset]["primary"]))
 
     def replicate_count(self) -> int:
-        """Seeds per model: ``replicates`` when given, else the preset's (quick: 1), else the field's default."""
-        if "replicates" in self.model_fields_set:
-            return self.replicates
-        return PRESETS[self.preset].get("replicates", self.replicates)
+        return PRESETS[self.preset]["replicates"] if self.replicates is None else self.replicates
 
     def runs_masking(self) -> bool:
         return PRESETS[self.preset]["masking"] if self.masking is None else self.masking

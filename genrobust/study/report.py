@@ -547,6 +547,12 @@ def _pct(rate: list[bool]) -> dict:
     return proportion(rate).as_dict()
 
 
+def detectable_text(e: dict) -> str:
+    """An effect's detectable difference, with the secondary family's adjusted-level one beside it."""
+    adjusted = e.get("detectable_adjusted")
+    return fmt(e["detectable"], 3) + ("" if adjusted is None else f" ({fmt(adjusted, 3)} adjusted)")
+
+
 def primary_tables(results: dict) -> dict[str, Any]:
     """The primary endpoint first: each model's robust accuracy under the ensemble at every budget, then the
     effects (primary, and the pre-declared secondary family with Holm)."""
@@ -589,8 +595,7 @@ def primary_tables(results: dict) -> dict[str, Any]:
                           + (f" (b {p['b']}, c {p['c']})" if p.get("b") is not None else "") for p in e["pairs"])
         effect_rows.append([("PRIMARY: " if e["primary"] else "") + e["title"], pairs, diff_ci(e), str(e["n_images"]),
                             str(e["n_pairs"]), p_text(e["p"]), "–" if e["primary"] else p_text(e["p_adjusted"]),
-                            e["test"] or "–", fmt(e["detectable"], 3)
-                            + ("" if e.get("detectable_adjusted") is None else f" ({fmt(e['detectable_adjusted'], 3)} adjusted)")])
+                            e["test"] or "–", detectable_text(e)])
     t2 = {"title": "Effects: generative − discriminative, per replicate pair and pooled (two-level bootstrap interval "
                    "over pairs and images)", "columns": [
                        "endpoint", "per pair (difference [95% CI])", "pooled [95% CI]", "images", "pairs", "p",
