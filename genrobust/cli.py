@@ -25,7 +25,7 @@ from genrobust.settings import get_settings
 from genrobust.store import ModelStore
 from genrobust.study import PRESETS, STUDY_ATTACKS, STUDY_MODELS, StudyConfig, reproduce
 from genrobust.study.primary import Ensemble
-from genrobust.replicates import format_sets, replicate_sets, train_replicates
+from genrobust.replicates import base_models, format_sets, replicate_sets, train_replicates
 from genrobust.training import TrainConfig, Trainer, check_structure, default_name
 from genrobust.transfer import transfer_matrix
 
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "run) and judge those same adversarials on every other model with its own fresh "
                                     "evaluations; prints robust accuracy per (source, target) cell.")
     tr.add_argument("--models", required=True,
-                    help="comma-separated stored names or short structure names (dfz = fmnist-dfz), or 'all'")
+                    help="comma-separated stored names or short structure names (dfz = fmnist-dfz), or 'all' "
+                         "(every stored model but replicates of another and accuracy-matched checkpoints)")
     tr.add_argument("--attack", default="pgd", help="the white-box attack crafted on each source (default pgd)")
     tr.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="parameter of the attack, repeatable (e.g. --param eps=0.1)")
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resumes at its first unfinished chunk.")
     r.add_argument("--models", default=",".join(STUDY_MODELS),
                    help="comma-separated stored names, short structure names (dfz = fmnist-dfz) or 'all' "
-                        "(default: fmnist-dfz,fmnist-gfz)")
+                        "(every stored model but replicates of another and accuracy-matched checkpoints; "
+                        "default: fmnist-dfz,fmnist-gfz)")
     r.add_argument("--attacks", default=",".join(STUDY_ATTACKS), help="comma-separated attack names or 'all' "
                    f"(default: {','.join(STUDY_ATTACKS)})")
     r.add_argument("--preset", choices=list(PRESETS), default=None,
@@ -477,7 +479,7 @@ def cmd_transfer(args) -> int:
 def _resolve_models(text: str, store: ModelStore) -> list[str]:
     stored = store.names()
     if text.strip() == "all":
-        return stored
+        return base_models(store.cards())
     names = []
     for tok in filter(None, (t.strip() for t in text.split(","))):
         name = tok if tok in stored else f"fmnist-{tok.lower()}" if f"fmnist-{tok.lower()}" in stored else None

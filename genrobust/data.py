@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 import torchvision
+from filelock import FileLock, Timeout
 
 from genrobust.errors import GenrobustError
 from genrobust.settings import get_settings
@@ -74,12 +75,30 @@ def _dataset_class(dataset: str):
         raise GenrobustError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}") from None
 
 
+@contextlib.contextmanager
+def _extraction_lock(folder: Path):
+    """A lock across processes on ``folder``: torchvision extracts the .gz files on first use, and a second
+    process (another training, a worker's other child) reading meanwhile gets a half-written file. A data root
+    that cannot hold the lock file (read-only) is already extracted or cannot be, so it goes unlocked."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / ".extract.lock"), timeout=600)
+        lock.acquire()
+    except (OSError, Timeout):
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _load_torchvision(dataset: str, train: bool, root: Path):
     cls = _dataset_class(dataset)
     raw = root / cls.__name__ / "raw"
     try:
         # download=True checks the MD5 of files already present and only fetches what is missing.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with _extraction_lock(root / cls.__name__), contextlib.redirect_stdout(io.StringIO()):
             return cls(str(root), train=train, download=True)
     except Exception as exc:  # network errors, MD5 mismatch, corrupt archives
         names = ", ".join(url.rsplit("/", 1)[-1] for url, _ in cls.resources)

@@ -78,6 +78,20 @@ def is_matched_checkpoint(card: dict[str, Any]) -> bool:
     return bool((card.get("matched") or {}).get("of"))
 
 
+def base_models(cards: list[dict[str, Any]]) -> list[str]:
+    """The stored models that are neither a seed s > 0 of another stored model (``base-sS`` trained with seed
+    S) nor an accuracy-matched checkpoint: what ``--models all`` means, so that a study run on it does not
+    take last run's replicates for structures of their own (and train replicates of replicates)."""
+    names = {c["name"] for c in cards}
+
+    def replicate_of_stored(card: dict[str, Any]) -> bool:
+        seed = card_seed(card)
+        suffix = f"-s{seed}"
+        return seed > 0 and card["name"].endswith(suffix) and card["name"][: -len(suffix)] in names
+
+    return sorted(c["name"] for c in cards if not replicate_of_stored(c) and not is_matched_checkpoint(c))
+
+
 @dataclass
 class ReplicateSet:
     """The stored models of one recipe, by seed."""

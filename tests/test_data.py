@@ -2,6 +2,9 @@
 
 import gzip
 import shutil
+import subprocess
+import sys
+import time
 from urllib.error import URLError
 
 import pytest
@@ -21,6 +24,34 @@ def test_fashion_mnist_loads_from_shared_gz(fmnist_root):
     assert set(test.labels.unique().tolist()) == set(range(10))
     # extracted by torchvision after verifying the MD5s of the four archives
     assert len(list((fmnist_root / "FashionMNIST" / "raw").glob("*-ubyte"))) == 4
+
+
+LOAD_AFTER_GO = """
+import pathlib, sys, time
+from genrobust import data
+go = pathlib.Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.01)
+time.sleep(float(sys.argv[3]))
+print(len(data.load("fashion-mnist", "train", root=sys.argv[1])))
+"""
+
+
+def test_processes_loading_a_fresh_root_at_once_all_succeed(tmp_path, fmnist_root):
+    """torchvision extracts the archives on first use; a second process reading meanwhile used to get a
+    half-written file ("invalid literal for int() with base 16"). Eight processes released 0.15 s apart."""
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (fmnist_root / "FashionMNIST" / "raw").glob("*.gz"):
+        shutil.copy(f, raw / f.name)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", LOAD_AFTER_GO, str(tmp_path), str(go), str(0.15 * i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+    time.sleep(3)  # every process imported and waiting
+    go.touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err[-500:] for _, err in results]
+    assert [out.strip() for out, _ in results] == ["55000"] * 8
 
 
 def test_validation_split_is_fixed_and_disjoint(fmnist_root):

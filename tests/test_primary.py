@@ -59,6 +59,22 @@ def test_replicate_pairs_match_seeds_and_matched_checkpoints_pair_with_their_see
     assert effects.matched_pairs(runs) == [("g1", "d1-at")]
 
 
+def test_with_more_structures_the_pairs_stay_gfz_against_dfz_else_the_first_of_each_kind():
+    def run(name, structure, kind, seed, matched=None):
+        return _run(name, kind, seed, [True], {0.03: [True]}, matched).model_copy(update={"structure": structure})
+
+    specs = [("gbz", "GBZ", "generative"), ("gfz", "GFZ", "generative"), ("dbx", "DBX", "discriminative"),
+             ("dfz", "DFZ", "discriminative")]
+    runs = {f"{n}{s}": run(f"{n}{s}", st, k, s) for n, st, k in specs for s in (0, 1)}
+    runs["dbx1-at"] = run("dbx1-at", "DBX", "discriminative", 1, "0.87")
+    runs["dfz1-at"] = run("dfz1-at", "DFZ", "discriminative", 1, "0.87")
+    # four generative structures against one DFZ would count its seeds four times: one structure against one
+    assert effects.replicate_pairs(runs) == [("gfz0", "dfz0"), ("gfz1", "dfz1")]
+    assert effects.matched_pairs(runs) == [("gfz1", "dfz1-at")]
+    others = {k: v for k, v in runs.items() if v.structure in ("GBZ", "DBX")}
+    assert effects.replicate_pairs(others) == [("gbz0", "dbx0"), ("gbz1", "dbx1")]
+
+
 def test_the_two_level_interval_widens_with_between_seed_variance():
     rng = np.random.default_rng(0)
     n = 400

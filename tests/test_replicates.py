@@ -7,7 +7,7 @@ from genrobust import cli
 from genrobust import training as training_mod
 from genrobust.errors import GenrobustError
 from genrobust.models import ModelConfig
-from genrobust.replicates import card_recipe, plan_replicates, replicate_sets, train_replicates
+from genrobust.replicates import base_models, card_recipe, plan_replicates, replicate_sets, train_replicates
 from genrobust.store import ModelStore
 from genrobust.training import Trainer, TrainConfig, matched_name
 from tests.conftest import TINY
@@ -164,3 +164,13 @@ def test_the_matched_checkpoint_survives_a_resume(env, monkeypatch):
     m = ModelStore().card("r-at0.5")
     assert m["matched"]["epoch"] == 1 and "test_accuracy" in m
     assert all(torch.equal(v, _weights("r-at0.5")[k]) for k, v in before.items())
+
+
+def test_all_models_leaves_out_replicates_of_stored_models_and_matched_checkpoints():
+    def card(name, seed=0, of=None):
+        return {"name": name, "training": {"seed": seed}, **({"matched": {"of": of, "epoch": 3}} if of else {})}
+
+    cards = [card("a"), card("a-s1", 1), card("a-s2", 2), card("a-s1-at0.8", 1, of="a-s1"),
+             card("b-s3", 3),          # seed 3 of a set whose seed 0 is not stored: a model of its own
+             card("c-s1", 0)]          # named like a replicate but trained with seed 0: its own
+    assert base_models(cards) == ["a", "b-s3", "c-s1"]

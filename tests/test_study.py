@@ -232,8 +232,9 @@ def test_presets_and_per_attack_image_counts():
     assert StudyConfig(preset="quick").images("cw") == PRESETS["quick"]["limits"]["cw"]
     assert StudyConfig(limit=50).images("fgsm") == 50 and StudyConfig(limit=50).curve_images("pgd") <= 50
     assert StudyConfig(limits={"cw": 7}).images("cw") == 7
-    # --quick trains no replicates unless asked: one seed by default, the field's 3 elsewhere
+    # --quick trains no replicates unless asked: one seed; the default preset 3, the gpu preset 5
     assert StudyConfig(preset="quick").replicate_count() == 1 and StudyConfig().replicate_count() == 3
+    assert StudyConfig(preset="gpu").replicate_count() == 5
     assert StudyConfig(preset="quick", replicates=2).replicate_count() == 2
     with pytest.raises(ValueError, match="unknown attack"):
         StudyConfig(limits={"nope": 3})
