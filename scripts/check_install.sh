@@ -16,13 +16,14 @@ DATA=$(realpath "${GENROBUST_DATA_DIR:-./data}")
   || .venv/bin/python -m pip wheel -q --no-deps -w "$WORK/dist" .
 WHEEL=$(ls "$WORK"/dist/genrobust-*.whl)
 .venv/bin/python - "$WHEEL" <<'EOF'
-import sys, zipfile
+import pathlib, sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
+shipped = sorted(f"genrobust/pretrained/{p.name}" for p in pathlib.Path("genrobust/pretrained").glob("fmnist-*.safetensors"))
 models = sorted(n for n in names if n.startswith("genrobust/pretrained/fmnist-") and n.endswith(".safetensors"))
 page = [n for n in names if n.startswith("app/web/")]
-assert len(models) == 7, f"the wheel holds {len(models)} shipped models, not 7: {models}"
+assert models == shipped, f"the wheel holds {models}, not the {len(shipped)} shipped models {shipped}"
 assert any(n.endswith("index.html") for n in page), "the wheel lacks the page's files"
-print(f"wheel: {sys.argv[1].rsplit('/', 1)[-1]}: the 7 shipped models, {len(page)} page files")
+print(f"wheel: {sys.argv[1].rsplit('/', 1)[-1]}: the {len(models)} shipped models, {len(page)} page files")
 EOF
 
 install() {  # venv, requirement -> seconds and MB printed
