@@ -97,10 +97,11 @@ def test_a_set_whose_recipes_differ_is_refused(env):
     card = ModelStore().card("fmnist-gfz")  # the shipped recipe, read from its card
     shipped_training = {k: v for k, v in card["training"].items() if k in TrainConfig.model_fields}
     plan = plan_replicates(ModelConfig(**card["config"]), TrainConfig(**shipped_training), 3)
-    assert [(n, c is not None) for n, _, c in plan] == [("fmnist-gfz", True), ("fmnist-gfz-s1", False),
-                                                        ("fmnist-gfz-s2", False)]
+    # seeds 1 and 2 ship too: the whole set is found, nothing left to train
+    assert [(n, c is not None) for n, _, c in plan] == [("fmnist-gfz", True), ("fmnist-gfz-s1", True),
+                                                        ("fmnist-gfz-s2", True)]
     (gfz,) = [s for s in replicate_sets() if s.name == "fmnist-gfz"]
-    assert gfz.shipped_seed0 == "fmnist-gfz"
+    assert gfz.shipped_seed0 == "fmnist-gfz" and gfz.seeds == [0, 1, 2]
 
 
 def test_cli_trains_a_set_and_models_lists_it(env, capsys):
