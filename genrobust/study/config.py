@@ -40,11 +40,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "curve_eps": {"linf": [0.0, 0.05, 0.1, 0.2, 0.3], "l2": [0.0, 1.0, 2.0, 3.0]},
         "fgs_limit": 500,
         "clean_limit": 10_000,
-        # at eps 0.02 the ensemble cost ~50 s per image and model here on one thread beside other jobs (a
-        # quarter of the images survive AutoAttack and pay every member; BENCHMARKS.md, "The study's primary
-        # endpoint"): 3 seeds x 2 structures + 2 matched checkpoints on 30 images is most of the 2-hour budget
-        # by that estimate; L2 and a few hundred images per pair on a GPU (--preset gpu)
-        "primary": 30,
+        # the default run of 2026-12-03 on 30 images: 15-17 min per model for the ensemble on the idle 2-core
+        # CPU (AutoAttack 'rand' alone 10-12 min), 8 models, about 2 h 55 min serial with the paper's tables
+        # (BENCHMARKS.md, "The default run"); 20 images: about 1 h 50 min by those costs (not yet timed).
+        # L2 and a few hundred images per pair on a GPU (--preset gpu)
+        "primary": 20,
         "ensemble": {"l2_eps": None},
         "replicates": 3,
         "masking": True,
