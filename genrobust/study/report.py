@@ -396,7 +396,8 @@ def answer(results: dict) -> dict[str, Any]:
                  f"R = {results['config']['eval_draws']} fresh evaluations (robust accuracy), which removes "
                  "boundary points that fool the model by luck.")
     n_min = min(results["images"].values()) if results["images"] else 0
-    limits = (f"In the paper's tables (secondary), image counts differ per attack ({', '.join(f'{a} {n}' for a, n in results['images'].items())}); "
+    counts = ", ".join(f"{a} {n}" for a, n in results["images"].items())
+    limits = (f"In the paper's tables (secondary), image counts differ per attack ({counts}); "
               f"the smallest n give the widest intervals, and 'not distinguishable' at n = {n_min} says nothing about a "
               "smaller true difference. Attacks run with their library defaults (budgets and steps in results.json): "
               "a stronger attack could lower every robust accuracy. The models are stochastic: the attacker and the "

@@ -234,13 +234,12 @@ class OwnRedis:
         self.proc.send_signal(signal.SIGTERM)  # a clean shutdown, the append-only file flushed
         self.proc.wait(10)
 
-    def close(self, restore) -> None:
-        """``restore()`` points the service elsewhere; then the Celery backend made for this server is dropped
+    def close(self) -> None:
+        """Stop for good, once the service points elsewhere: the Celery backend made for this server is dropped
         and collected while the server still runs. Celery's Redis backend holds every submitted task's result
         (a chord's header) until the task is done, which in these tests it never is; collected after the server
         is gone, each unsubscribes with 20 s of retries in whatever thread the GC runs in: a later test's
         server, past its client's timeout (a flaky fuzz failure)."""
-        restore()
         reset_service_config()
         gc.collect()
         if self.proc.poll() is None:
@@ -254,7 +253,8 @@ def own_redis(tmp_path, service_env, monkeypatch):
     monkeypatch.setenv("GENROBUST_REDIS_URL", r.url)
     reset_service_config()
     yield r
-    r.close(monkeypatch.undo)
+    monkeypatch.undo()
+    r.close()
 
 
 def test_redis_down_mid_sweep_is_503_then_recovers_and_the_sweep_finishes(own_redis, service_env, tmp_path):

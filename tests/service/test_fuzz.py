@@ -210,7 +210,7 @@ def fuzz_url(service_env, tmp_path_factory):
                        "GENROBUST_REDIS_URL": redis.url}) as url:
             yield url
     finally:
-        redis.close(lambda: None)  # live_app has restored the environment
+        redis.close()  # live_app has restored the environment
 
 
 def _schema():
